@@ -1,0 +1,79 @@
+"""Patch samplers: which patch tokens to keep.
+
+Pure tensor code, no model knowledge. A sampler takes tokens ``x`` of shape ``(B, N, D)`` whose
+first ``num_prefix_tokens`` are class/register tokens (always kept, never scored) and returns
+``keep_indices`` of shape ``(B, num_keep)``: per-sample indices into the ``N - num_prefix_tokens``
+patch tokens, sorted in spatial order. The same ``num_keep`` applies to every sample, so the batch
+stays one dense tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+SamplerFn = Callable[[torch.Tensor, int, int, Optional[torch.Generator]], torch.Tensor]
+
+
+def keep_count(keep_rate: float, num_patches: int) -> int:
+    """Number of patch tokens kept at ``keep_rate``: ``max(1, round(keep_rate * num_patches))``.
+
+    Rounds half-up; prefix tokens are not counted (they are always kept on top).
+    """
+    if not 0 < keep_rate <= 1:
+        raise ValueError(f"keep_rate={keep_rate!r} is out of range: keep_rate must be in (0, 1]")
+    return max(1, min(num_patches, math.floor(keep_rate * num_patches + 0.5 + 1e-9)))
+
+
+def random_indices(
+    x: torch.Tensor,
+    num_prefix_tokens: int,
+    num_keep: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """A uniformly random subset of ``num_keep`` patches per sample: ``(B, num_keep)``."""
+    batch, num_patches = x.shape[0], x.shape[1] - num_prefix_tokens
+    noise = torch.rand(batch, num_patches, device=x.device, generator=generator)
+    return noise.topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def magnitude_indices(
+    x: torch.Tensor,
+    num_prefix_tokens: int,
+    num_keep: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """The ``num_keep`` patches with the largest L1 norm per sample (deterministic top-k).
+
+    As published, the score is the token after patch embedding and position embedding; it is
+    not differentiated through (gradients reach only the kept tokens). ``generator`` is unused.
+    """
+    with torch.no_grad():
+        scores = x[:, num_prefix_tokens:].detach().abs().sum(dim=-1)
+        return scores.topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+SAMPLERS: dict[str, SamplerFn] = {
+    "random": random_indices,
+    "magnitude": magnitude_indices,
+}
+
+
+def get_sampler(name: str) -> SamplerFn:
+    """The sampler function registered as ``name``; ``ValueError`` listing valid names otherwise."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}") from None
+
+
+def gather_tokens(x: torch.Tensor, num_prefix_tokens: int, keep_indices: torch.Tensor) -> torch.Tensor:
+    """Prefix tokens followed by the kept patch tokens: ``(B, num_prefix_tokens + num_keep, D)``."""
+    patches = x[:, num_prefix_tokens:]
+    index = keep_indices.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    kept = patches.gather(1, index)
+    if num_prefix_tokens == 0:
+        return kept
+    return torch.cat((x[:, :num_prefix_tokens], kept), dim=1)

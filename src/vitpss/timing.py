@@ -1,0 +1,92 @@
+"""Wall-clock timing of training steps and samplers at several keep rates.
+
+Rates are interleaved (round-robin) so that drift on a shared machine hits every rate alike, and
+each result is the median of the timed repeats after warm-up. CUDA work is synchronised.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .patching import _samplers_or_raise, keep_rate
+from .samplers import gather_tokens, get_sampler, keep_count
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _input_batch(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    param = next(model.parameters())
+    embed = model.patch_embed
+    x = torch.randn(batch_size, embed.proj.in_channels, *embed.img_size, device=param.device)
+    y = torch.randint(0, model.num_classes, (batch_size,), device=param.device)
+    return x, y
+
+
+def time_training_steps(
+    model: nn.Module,
+    rates: Sequence[float],
+    *,
+    batch_size: int = 32,
+    repeats: int = 5,
+    warmup: int = 1,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[float, float]:
+    """Median seconds of one full training step (forward, backward, AdamW step) per keep rate.
+
+    Uses a throw-away AdamW over the model's parameters; the model's weights change.
+    """
+    device = next(model.parameters()).device
+    x, y = _input_batch(model, batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    times: dict[float, list[float]] = {float(r): [] for r in rates}
+    for i in range(warmup + repeats):
+        for rate in times:
+            _sync(device)
+            start = time.perf_counter()
+            with keep_rate(model, rate), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            if i >= warmup:
+                times[rate].append(time.perf_counter() - start)
+    return {rate: statistics.median(values) for rate, values in times.items()}
+
+
+def time_sampler(
+    model: nn.Module,
+    sampler: str,
+    rate: float,
+    *,
+    batch_size: int = 32,
+    repeats: int = 50,
+) -> float:
+    """Median seconds for ``sampler`` to choose and gather tokens for one batch of this model."""
+    device = next(model.parameters()).device
+    num_prefix = _samplers_or_raise(model)[0].num_prefix_tokens
+    fn = get_sampler(sampler)
+    x, _ = _input_batch(model, batch_size)
+    with torch.no_grad():
+        tokens = model._pos_embed(model.patch_embed(x))
+    tokens.requires_grad_(True)  # as in training: the gather is part of the autograd graph
+    num_keep = keep_count(rate, tokens.shape[1] - num_prefix)
+    samples = []
+    for i in range(repeats + 5):
+        _sync(device)
+        start = time.perf_counter()
+        gather_tokens(tokens, num_prefix, fn(tokens, num_prefix, num_keep, None))
+        _sync(device)
+        if i >= 5:
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
