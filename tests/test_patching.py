@@ -1,0 +1,156 @@
+"""PSS on stock timm ViTs: tokens reaching the blocks, bit-identity at rate 1, mode rules, errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import vitpss
+from vitpss.patching import PatchSampler
+
+GRID = [1.0, 0.8, 0.6, 0.4, 0.2]
+TINY = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+
+VARIANTS = {
+    "vit_cls_token": ("vit_tiny_patch16_224", {}),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
+    "deit3_no_embed_class": ("deit3_small_patch16_224", {"embed_dim": 32, "num_heads": 2}),
+    "registers_avg_pool": ("vit_base_patch16_224", {"class_token": False, "reg_tokens": 4, "global_pool": "avg"}),
+    "map_pool": ("vit_base_patch16_224", {"global_pool": "map", "class_token": False}),
+    "patch8_img40": ("vit_small_patch16_224", {"img_size": 40, "patch_size": 8}),
+}
+
+
+def tiny(name="vit_tiny_patch16_224", **overrides):
+    torch.manual_seed(0)
+    return timm.create_model(name, **{**TINY, **overrides})
+
+
+def tokens_into_first_block(model, x):
+    seen = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    out = model(x)
+    handle.remove()
+    return seen[0], out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("sampler", sorted(vitpss.SAMPLERS))
+def test_tokens_reaching_first_block_follow_the_keep_rate(variant, sampler):
+    name, overrides = VARIANTS[variant]
+    model = vitpss.attach(tiny(name, **overrides), sampler=sampler)
+    num_patches, prefix = model.patch_embed.num_patches, model.num_prefix_tokens
+    x = torch.randn(3, 3, *model.patch_embed.img_size)
+    model.train()
+    for rate in GRID:
+        vitpss.set_keep_rate(model, rate)
+        n, out = tokens_into_first_block(model, x)
+        assert n == prefix + vitpss.keep_count(rate, num_patches) == vitpss.token_count(model, rate)
+        out.float().sum().backward()
+        assert model.patch_embed.proj.weight.grad is not None
+        model.zero_grad()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_output_at_rate_one_is_bit_identical_to_unmodified_model(variant):
+    name, overrides = VARIANTS[variant]
+    plain = tiny(name, **overrides)
+    patched = vitpss.attach(tiny(name, **overrides))
+    x = torch.randn(2, 3, *plain.patch_embed.img_size)
+    for mode in (True, False):
+        plain.train(mode), patched.train(mode)
+        torch.manual_seed(1)
+        a = plain(x)
+        torch.manual_seed(1)
+        b = patched(x)
+        assert torch.equal(a, b)
+
+
+def test_state_dict_keys_and_values_are_unchanged_and_load_into_stock_timm():
+    plain = tiny()
+    patched = vitpss.attach(tiny())
+    assert list(plain.state_dict()) == list(patched.state_dict())
+    fresh = timm.create_model("vit_tiny_patch16_224", **TINY)
+    fresh.load_state_dict(patched.state_dict())
+
+
+def test_eval_mode_uses_all_patches_unless_an_inference_rate_is_set():
+    model = vitpss.attach(tiny())
+    x = torch.randn(2, 3, 32, 32)
+    vitpss.set_keep_rate(model, 0.4)
+    model.eval()
+    assert tokens_into_first_block(model, x)[0] == 65
+    with vitpss.keep_rate(model, 0.5):
+        assert tokens_into_first_block(model, x)[0] == 33
+    assert tokens_into_first_block(model, x)[0] == 65
+    vitpss.set_keep_rate(model, 0.25, inference=True)
+    assert tokens_into_first_block(model, x)[0] == 17
+    model.train()
+    assert tokens_into_first_block(model, x)[0] == 1 + 26  # training rate 0.4 still in force
+
+
+def test_keep_rate_context_applies_in_train_mode_and_restores_previous_rates():
+    model = vitpss.attach(tiny()).train()
+    vitpss.set_keep_rate(model, 0.8)
+    with vitpss.keep_rate(model, 0.2):
+        assert tokens_into_first_block(model, torch.randn(1, 3, 32, 32))[0] == 1 + 13
+    sampler = model.patch_drop
+    assert sampler.train_keep_rate == 0.8 and sampler.inference_keep_rate is None
+
+
+def test_keep_indices_are_exposed_after_a_sampled_forward():
+    model = vitpss.attach(tiny(), sampler="magnitude").eval()
+    with vitpss.keep_rate(model, 0.5):
+        model(torch.randn(2, 3, 32, 32))
+        idx = vitpss.get_keep_indices(model)
+    assert idx.shape == (2, 32)
+    model(torch.randn(2, 3, 32, 32))
+    assert vitpss.get_keep_indices(model) is None
+
+
+def test_attach_replaces_an_existing_timm_patch_dropout():
+    model = vitpss.attach(tiny(patch_drop_rate=0.5))
+    assert isinstance(model.patch_drop, PatchSampler)
+
+
+def test_set_sampler_switches_the_sampler():
+    model = vitpss.attach(tiny(), sampler="magnitude")
+    vitpss.set_sampler(model, "random")
+    assert model.patch_drop.sampler == "random"
+
+
+def test_attach_rejects_a_resnet_with_type_error_naming_class_and_families():
+    model = timm.create_model("resnet18", num_classes=3)
+    with pytest.raises(TypeError, match=r"ResNet.*supported families are .*VisionTransformer"):
+        vitpss.attach(model)
+
+
+def test_set_keep_rate_before_attach_says_to_attach():
+    with pytest.raises(TypeError, match="attach"):
+        vitpss.set_keep_rate(tiny(), 0.5)
+
+
+@pytest.mark.parametrize("rate", [0, -1, 1.5, float("nan")])
+def test_set_keep_rate_rejects_invalid_rates(rate):
+    with pytest.raises(ValueError, match="keep_rate"):
+        vitpss.set_keep_rate(vitpss.attach(tiny()), rate)
+
+
+def test_seeded_random_sampler_is_reproducible():
+    outs = []
+    for _ in range(2):
+        model = vitpss.attach(tiny(), sampler="random", generator=torch.Generator().manual_seed(7)).train()
+        vitpss.set_keep_rate(model, 0.4)
+        model.forward(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        outs.append(vitpss.get_keep_indices(model))
+    assert torch.equal(*outs)
+
+
+def test_readme_api_example_runs_as_written():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Python API\s+```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["logits"].shape == (2, 10)
