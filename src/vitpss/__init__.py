@@ -10,6 +10,7 @@ from .patching import (
     supported_families,
     token_count,
 )
+from . import patching_relpos  # noqa: F401  (registers the BEiT and EVA families with attach)
 from .samplers import SAMPLERS, keep_count
 from .schedules import SCHEDULES, KeepRateSchedule, PaperSchedule, build_schedule, paper_schedule
 
