@@ -71,3 +71,12 @@ def test_gather_tokens_puts_prefix_first_then_kept_patches():
 def test_unknown_sampler_lists_valid_names():
     with pytest.raises(ValueError, match="random"):
         get_sampler("gate")
+
+
+def test_gumbel_magnitude_prefers_large_norm_patches_but_keeps_others_sometimes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(4000, 10, 4)
+    x[:, :5] *= 3.0  # patches 0-4 have the larger norm
+    counts = torch.bincount(get_sampler("gumbel-magnitude")(x, 0, 3, g).flatten(), minlength=10).float()
+    assert counts[:5].sum() > 2 * counts[5:].sum()
+    assert torch.all(counts[5:] > 0)

@@ -55,9 +55,30 @@ def magnitude_indices(
         return scores.topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
 
 
+def gumbel_magnitude_indices(
+    x: torch.Tensor,
+    num_prefix_tokens: int,
+    num_keep: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """A random subset that favours large-L1-norm patches (not part of the paper).
+
+    Gumbel top-k: samples ``num_keep`` patches without replacement with probabilities
+    ``softmax(z)``, where ``z`` is the per-image standardised L1 norm. Unlike ``magnitude`` the
+    model sees every patch sometimes, so it does not learn only the highest-norm patches.
+    """
+    with torch.no_grad():
+        scores = x[:, num_prefix_tokens:].abs().sum(dim=-1).float()
+        z = (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True, correction=0) + 1e-6)
+        uniform = torch.rand(z.shape, device=x.device, generator=generator).clamp_(1e-9, 1.0)
+        gumbel = -torch.log(-torch.log(uniform))
+        return (z + gumbel).topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+
 SAMPLERS: dict[str, SamplerFn] = {
     "random": random_indices,
     "magnitude": magnitude_indices,
+    "gumbel-magnitude": gumbel_magnitude_indices,
 }
 
 
