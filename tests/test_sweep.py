@@ -66,3 +66,18 @@ def test_format_table_lists_every_rate_with_speedup():
 def test_parse_rates_rejects_bad_keep_rates(text):
     with pytest.raises(UsageError):
         parse_rates(text)
+
+
+def test_display_images_undo_the_normalisation_of_the_val_transform():
+    from types import SimpleNamespace
+
+    from torchvision.transforms import Compose, Normalize
+
+    from vitpss.sweep import display_images
+
+    images = torch.rand(2, 1, 8, 8)
+    norm = Normalize(mean=(0.1307,), std=(0.3081,))
+    dataset = SimpleNamespace(transform=Compose([norm]))
+    shown = display_images(norm(images), dataset)
+    assert shown.shape == (2, 8, 8, 1)
+    assert torch.allclose(torch.from_numpy(shown), images.permute(0, 2, 3, 1), atol=1e-6)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from .errors import UsageError
 from .flops import count_flops
@@ -109,6 +113,85 @@ def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
             "tokens": token_count(model, rate),
         })
     return rows
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A trained model in eval mode with its run's validation data."""
+
+    model: nn.Module
+    cfg: Any
+    val_dataset: Dataset
+    val_loader: Iterable
+    device: torch.device
+    sampler: str
+    class_names: list[str] | None
+
+    def sample_images(self, n: int) -> tuple[torch.Tensor, list[int], np.ndarray]:
+        """``n`` evenly spaced validation images: (inputs on the device, targets, display images).
+
+        Display images are ``(n, H, W, C)`` in [0, 1]: the inputs with the transform's
+        normalisation undone (or each image min-max scaled when there is none).
+        """
+        indices = np.linspace(0, len(self.val_dataset) - 1, min(n, len(self.val_dataset))).round().astype(int)
+        samples = [self.val_dataset[int(i)] for i in indices]
+        inputs = torch.stack([x for x, _ in samples])
+        return inputs.to(self.device), [int(y) for _, y in samples], display_images(inputs, self.val_dataset)
+
+
+def display_images(inputs: torch.Tensor, dataset: Dataset) -> np.ndarray:
+    """Normalised ``(B, C, H, W)`` inputs back to viewable ``(B, H, W, C)`` images in [0, 1]."""
+    from torchvision.transforms import Normalize
+
+    transform = getattr(dataset, "transform", None)
+    norm = next((t for t in getattr(transform, "transforms", []) if isinstance(t, Normalize)), None)
+    x = inputs.detach().float().cpu()
+    if norm is not None:
+        mean = torch.as_tensor(norm.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.as_tensor(norm.std, dtype=x.dtype).view(1, -1, 1, 1)
+        x = x * std + mean
+    else:
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        x = (x - low) / (x.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-12)
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``cuda`` when available and ``name`` is None or ``auto``; UsageError for unusable devices."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | None = None,
+                    device: str | None = None, sampler: str | None = None) -> LoadedCheckpoint:
+    """The model of a ``vitpss train`` checkpoint (file or run directory) and its validation data.
+
+    ``data`` replaces the run's data source (same classes and image size expected); ``sampler``
+    the run's sampler; ``batch_size`` the run's batch size.
+    """
+    from .data import build_datasets, build_loader
+    from .train import model_from_checkpoint
+
+    dev = resolve_device(device)
+    model, cfg = model_from_checkpoint(path, dev)
+    if data is not None:
+        cfg = dataclasses.replace(cfg, data=data)
+    _, val_ds, num_classes, _, _ = build_datasets(cfg)
+    if num_classes != model.num_classes:
+        raise UsageError(f"--data {cfg.data} has {num_classes} classes but the checkpoint's model predicts "
+                         f"{model.num_classes}: use data with the classes the model was trained on")
+    loader = build_loader(val_ds, cfg, train=False, batch_size=batch_size, device=dev)
+    sampler = sampler or cfg.sampler
+    set_sampler(model, sampler)
+    model.eval()
+    return LoadedCheckpoint(model, cfg, val_ds, loader, dev, sampler, getattr(val_ds, "classes", None))
 
 
 def format_table(rows: Sequence[dict[str, float]]) -> str:
