@@ -1,0 +1,93 @@
+"""SimMIM masked image modelling around a stock timm ViT/BEiT/EVA encoder (Xie et al., CVPR 2022).
+
+Random square blocks of ``mask_patch_size`` pixels are masked; the encoder sees a learnable
+``mask_token`` instead of their patch embeddings; a light decoder (a 1x1 convolution and a pixel
+shuffle) predicts the pixels of every patch from the final tokens; the loss is the L1 error on
+masked pixels only. The encoder is a plain timm model under ``encoder.``: its weights load into
+the same timm model for fine-tuning (see :mod:`vitpss.pretrained`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+
+def check_mask_geometry(img_size: int, patch_size: int, mask_patch_size: int) -> None:
+    """Raise ``ValueError`` unless patch size | mask-patch size | image size."""
+    if mask_patch_size % patch_size or img_size % mask_patch_size:
+        raise ValueError(
+            f"mask_patch_size={mask_patch_size} must be a multiple of the patch size ({patch_size}) "
+            f"and divide the image size ({img_size})")
+
+
+def random_patch_mask(batch_size: int, img_size: int, patch_size: int, mask_patch_size: int, mask_ratio: float,
+                      *, generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """SimMIM's mask: ``(B, G, G)`` of 0/1 at patch resolution (``G = img_size // patch_size``).
+
+    The image is cut into ``(img_size / mask_patch_size)**2`` blocks; ``ceil(mask_ratio * blocks)``
+    of them, chosen uniformly per image, are masked (1).
+    """
+    check_mask_geometry(img_size, patch_size, mask_patch_size)
+    if not 0 < mask_ratio < 1:
+        raise ValueError(f"mask_ratio={mask_ratio!r} is out of range: it must be in (0, 1)")
+    blocks_per_side = img_size // mask_patch_size
+    num_blocks = blocks_per_side ** 2
+    num_masked = math.ceil(num_blocks * mask_ratio)
+    noise = torch.rand(batch_size, num_blocks, generator=generator, device=generator.device if generator else device)
+    masked = noise.argsort(dim=1)[:, :num_masked]
+    mask = torch.zeros(batch_size, num_blocks, device=noise.device).scatter_(1, masked, 1.0)
+    scale = mask_patch_size // patch_size
+    mask = mask.view(batch_size, blocks_per_side, blocks_per_side)
+    return mask.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2).to(device)
+
+
+class SimMIM(nn.Module):
+    """``encoder`` (a timm model with ``patch_embed`` and ``forward_features``) + mask token + decoder.
+
+    ``forward(images, mask) -> (loss, reconstruction)``; ``mask`` is ``(B, G, G)`` from
+    :func:`random_patch_mask`; ``reconstruction`` has the images' shape.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        embed_dim = encoder.embed_dim
+        self.patch_size = int(encoder.patch_embed.patch_size[0])
+        self.in_chans = int(encoder.patch_embed.proj.in_channels)
+        self.num_prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 1))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        trunc_normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(embed_dim, self.patch_size ** 2 * self.in_chans, kernel_size=1),
+            nn.PixelShuffle(self.patch_size),
+        )
+
+    def encode(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Final patch tokens ``(B, D, G, G)``, masked patches replaced by the mask token on entry."""
+        weight = mask.flatten(1).unsqueeze(-1)
+
+        def replace_masked(module: nn.Module, inputs, tokens: torch.Tensor) -> torch.Tensor:
+            w = weight.to(tokens.dtype)
+            return tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
+
+        handle = self.encoder.patch_embed.register_forward_hook(replace_masked)
+        try:
+            tokens = self.encoder.forward_features(images)
+        finally:
+            handle.remove()
+        tokens = tokens[:, self.num_prefix_tokens:]
+        side = mask.shape[-1]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        reconstruction = self.decoder(self.encode(images, mask))
+        pixel_mask = mask.repeat_interleave(self.patch_size, 1).repeat_interleave(self.patch_size, 2).unsqueeze(1)
+        error = F.l1_loss(reconstruction.float(), images.float(), reduction="none")
+        loss = (error * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / self.in_chans
+        return loss, reconstruction
