@@ -18,6 +18,11 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 
+def default_mask_patch_size(img_size: int, patch_size: int) -> int:
+    """SimMIM's 32-pixel mask blocks where they fit the image and patch grid, else one patch."""
+    return 32 if img_size % 32 == 0 and 32 % patch_size == 0 else patch_size
+
+
 def check_mask_geometry(img_size: int, patch_size: int, mask_patch_size: int) -> None:
     """Raise ``ValueError`` unless patch size | mask-patch size | image size."""
     if mask_patch_size % patch_size or img_size % mask_patch_size:
@@ -39,7 +44,7 @@ def random_patch_mask(batch_size: int, img_size: int, patch_size: int, mask_patc
     blocks_per_side = img_size // mask_patch_size
     num_blocks = blocks_per_side ** 2
     num_masked = math.ceil(num_blocks * mask_ratio)
-    noise = torch.rand(batch_size, num_blocks, generator=generator, device=generator.device if generator else device)
+    noise = torch.rand(batch_size, num_blocks, generator=generator, device=generator.device if generator is not None else device)
     masked = noise.argsort(dim=1)[:, :num_masked]
     mask = torch.zeros(batch_size, num_blocks, device=noise.device).scatter_(1, masked, 1.0)
     scale = mask_patch_size // patch_size
@@ -50,16 +55,24 @@ def random_patch_mask(batch_size: int, img_size: int, patch_size: int, mask_patc
 class SimMIM(nn.Module):
     """``encoder`` (a timm model with ``patch_embed`` and ``forward_features``) + mask token + decoder.
 
-    ``forward(images, mask) -> (loss, reconstruction)``; ``mask`` is ``(B, G, G)`` from
-    :func:`random_patch_mask`; ``reconstruction`` has the images' shape.
+    ``forward(images, mask=None) -> (loss, reconstruction)``; ``mask`` is ``(B, G, G)`` as from
+    :func:`random_patch_mask`, drawn with ``mask_ratio``, ``mask_patch_size`` and ``generator``
+    when not given; ``reconstruction`` has the images' shape. State dict: ``encoder.*`` (the timm
+    model's own keys), ``mask_token``, ``decoder.*``.
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, mask_ratio: float = 0.6, mask_patch_size: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
         self.encoder = encoder
         embed_dim = encoder.embed_dim
+        self.img_size = int(encoder.patch_embed.img_size[0])
         self.patch_size = int(encoder.patch_embed.patch_size[0])
         self.in_chans = int(encoder.patch_embed.proj.in_channels)
+        self.mask_ratio = mask_ratio
+        self.mask_patch_size = mask_patch_size or default_mask_patch_size(self.img_size, self.patch_size)
+        check_mask_geometry(self.img_size, self.patch_size, self.mask_patch_size)
+        self.generator = generator
         self.num_prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 1))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         trunc_normal_(self.mask_token, std=0.02)
@@ -85,7 +98,18 @@ class SimMIM(nn.Module):
         side = mask.shape[-1]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def patch_embed(self) -> nn.Module:
+        """The encoder's patch embedding (so token counts and timing helpers see the patch grid)."""
+        return self.encoder.patch_embed
+
+    def random_mask(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        return random_patch_mask(batch_size, self.img_size, self.patch_size, self.mask_patch_size, self.mask_ratio,
+                                 generator=self.generator, device=device)
+
+    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is None:
+            mask = self.random_mask(images.shape[0], images.device)
         reconstruction = self.decoder(self.encode(images, mask))
         pixel_mask = mask.repeat_interleave(self.patch_size, 1).repeat_interleave(self.patch_size, 2).unsqueeze(1)
         error = F.l1_loss(reconstruction.float(), images.float(), reduction="none")
