@@ -55,7 +55,7 @@ def test_simmim_checkpoint_shared_bias_is_copied_to_every_block(tmp_path):
         assert torch.equal(block.gamma_1, source.gamma_1)
     assert torch.equal(model.patch_embed.proj.weight, encoder.patch_embed.proj.weight)
     assert report.new == ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]
-    assert report.ignored == ["mask_token", "norm.bias", "norm.weight"]  # the decoder is not under encoder.
+    assert report.ignored == ["decoder.0.bias", "decoder.0.weight", "mask_token", "norm.bias", "norm.weight"]
     assert "copied to 2 blocks" in report.summary()
 
 

@@ -633,3 +633,6 @@ def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
                              title=f"{args.checkpoint.parent.name}, {loaded.sampler} sampler: how often each patch "
                                    f"position is kept ({len(loaded.val_dataset)} validation images)")
     return draw
+
+
+from . import plots_pretrain  # noqa: E402,F401  (registers "plot reconstructions": SimMIM pre-training runs)

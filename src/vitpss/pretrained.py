@@ -63,11 +63,14 @@ class LoadReport:
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     """The object stored in ``path`` (``.safetensors`` or a ``torch.save`` file), on the CPU.
 
+    A run directory stands for its ``checkpoint.pt``.
     ``torch.save`` files are read with ``weights_only=True`` first; a file that holds other
     Python objects (our training checkpoints store the config and RNG states) is read in full,
     as the user named it explicitly.
     """
     path = Path(path)
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        path = path / "checkpoint.pt"
     if not path.is_file():
         raise UsageError(f"pretrained file not found: {path}")
     if path.suffix == ".safetensors":
@@ -87,7 +90,8 @@ def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The weights in a checkpoint object, with wrapper prefixes removed.
 
     Unwraps ``model`` / ``state_dict`` / ``module`` / ``state_dict_ema``-free layouts, strips
-    ``module.`` (DDP) and, when present, keeps only ``encoder.`` keys without the prefix.
+    ``module.`` (DDP) and, when present, keeps only ``encoder.`` keys without the prefix (and the
+    pre-training-only ``mask_token`` / ``decoder.*``, which :func:`convert_state_dict` drops).
     """
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -95,8 +99,10 @@ def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if any(k.startswith("encoder.") for k in state):  # a pre-training wrapper: keep the encoder (and
+        # the wrapper's own mask token and decoder, so that the report can name them as ignored)
+        state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()
+                 if k.startswith("encoder.") or _PRETRAIN_ONLY.match(k)}
     return state
 
 

@@ -1,0 +1,78 @@
+"""``vitpss pretrain`` end to end on tiny synthetic data, then its checkpoint feeding a fine-tune model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitpss import cli
+from vitpss.config import TrainConfig, validate
+from vitpss.pretrain import MaskConfig, model_from_pretrain_checkpoint, pretrain
+from vitpss.pretrained import load_pretrained
+
+TINY = dict(model="vitpss_tiny_beit_mnist", data="synthetic", synthetic_size=48, img_size=28, in_chans=1,
+            embed_dim=32, depth=2, num_heads=2, batch_size=16, epochs=2, warmup_epochs=0.0, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = validate(TrainConfig(**TINY, output=str(out), schedule="none", global_pool=""))
+    pretrain(cfg, MaskConfig(mask_ratio=0.5))
+    return out
+
+
+def test_pretrain_writes_the_run_directory(run_dir):
+    for name in ("config.yaml", "train_log.jsonl", "val_log.jsonl", "checkpoint.pt", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    steps = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == list(range(6))  # 48 images / 16 per step x 2 epochs
+    assert all(r["loss"] > 0 and r["keep_rate"] == 1.0 for r in steps)
+    epochs = [json.loads(line) for line in (run_dir / "val_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["mask_ratio"] == 0.5 and summary["mask_patch_size"] == 4
+    assert "mask_patch_size: 4" in (run_dir / "config.yaml").read_text()
+
+
+def test_pretrain_checkpoint_has_simmim_layout_and_loads_only_with_weights(run_dir):
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    keys = set(ckpt["model"])
+    assert "mask_token" in keys and "decoder.0.weight" in keys
+    assert "encoder.blocks.0.attn.relative_position_bias_table" in keys
+    model, cfg, mask = model_from_pretrain_checkpoint(run_dir)
+    assert cfg.global_pool == "" and mask["mask_ratio"] == 0.5
+    assert torch.equal(model.mask_token, ckpt["model"]["mask_token"])
+
+
+def test_pretrained_encoder_loads_into_the_fine_tuning_model(run_dir):
+    from vitpss.train import build_model
+
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    cfg = validate(TrainConfig(**{**TINY, "num_classes": 10}))
+    model = build_model(cfg)
+    report = load_pretrained(model, run_dir)
+    assert torch.equal(model.blocks[1].attn.qkv.weight, ckpt["model"]["encoder.blocks.1.attn.qkv.weight"])
+    assert report.new == ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]
+    assert "mask_token" in report.ignored
+
+
+def test_plot_reconstructions_writes_a_figure(run_dir, tmp_path):
+    out = tmp_path / "recon.png"
+    assert cli.main(["plot", "reconstructions", str(run_dir), "--output", str(out), "--images", "3"]) == 0
+    assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--mask-ratio", "1.5"], "--mask-ratio=1.5 is out of range"),
+    (["--mask-patch-size", "6"], "mask_patch_size=6 must be a multiple of the patch size"),
+    (["--resume", "x"], "cannot resume"),
+])
+def test_bad_pretrain_settings_are_one_line_errors(flags, message, tmp_path, capsys):
+    args = ["pretrain", "--data", "synthetic", "--synthetic-size", "16", "--img-size", "28", "--in-chans", "1",
+            "--model", "vitpss_tiny_beit_mnist", "--output", str(tmp_path / "run"), *flags]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
