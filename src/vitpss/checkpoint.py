@@ -1,0 +1,184 @@
+"""Run-directory files: atomic writes, JSON-lines logs, RNG states and checkpoint loading.
+
+Every file is written to a temporary name in the same directory and renamed over the target
+(``os.replace``), so a crash never leaves a half-written file. Checkpoints hold only tensors,
+numbers, strings, ``None`` and lists/dicts/tuples of them: they load with
+``torch.load(path, weights_only=True)``; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+CHECKPOINT_FORMAT = "vitpss.train/1"
+RUN_FILES = ("config.yaml", "train_log.jsonl", "val_log.jsonl", "checkpoint.pt", "best.pt", "summary.json")
+
+
+def _atomic(path: str | Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically."""
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (e.g. checkpoint.pt -> best.pt)."""
+    with open(src, "rb") as source:
+        _atomic(dst, lambda f: shutil.copyfileobj(source, f))
+
+
+class JsonlWriter:
+    """Appends one JSON object per line to a file, flushed after every line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a torn last line (crash mid-write) is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def truncate_jsonl(path: str | Path, keep) -> None:
+    """Rewrite ``path`` atomically with only the records for which ``keep(record)`` is true."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if keep(r)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Python, NumPy, torch (CPU, CUDA) and sampler-generator RNG states as tensors and numbers."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state() if generator is not None else None,
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` saved."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def checkpoint_path(path: str | Path, default_name: str = "checkpoint.pt") -> Path:
+    """``path`` itself if it is a file, ``path/default_name`` if it is a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}: give a checkpoint file or a run directory holding {default_name}")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a vitpss training checkpoint (file or run directory) with ``weights_only=True``.
+
+    Returns the dict written by ``vitpss train``: ``model`` (a plain timm state dict), ``config``
+    (a plain dict of :class:`~vitpss.config.TrainConfig` fields), ``step``, ``epoch``,
+    ``optimizer``, ``lr_scheduler``, ``scaler``, ``ema``, ``rng``, ``best_acc1`` and more.
+    Raises UsageError for files that are not such checkpoints.
+    """
+    path = checkpoint_path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unreadable, truncated, or holding non-tensor objects
+        raise UsageError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a vitpss training checkpoint (no '{CHECKPOINT_FORMAT}' format tag); "
+                         f"vitpss eval/--resume need a checkpoint.pt or best.pt written by vitpss train")
+    return ckpt
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line UsageError naming mismatching keys and shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise UsageError(f"{source} holds weights of another model ({'; '.join(parts)}); "
+                         f"use a checkpoint of this model")
+    model.load_state_dict(state)
+
+
+def clear_run_files(directory: str | Path, names: Iterable[str] = RUN_FILES) -> None:
+    """Delete a previous run's files (only the run-directory contract files) from ``directory``."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(Path(directory) / name)

@@ -1,0 +1,250 @@
+"""The training job's configuration: one dataclass, loadable from YAML, overridable from the CLI.
+
+Every ``vitpss train`` option is a field of :class:`TrainConfig` (``--batch-size`` is
+``batch_size``). Values are resolved in this order: dataclass default, ``--config FILE.yaml``,
+command-line flags. :func:`validate` checks types and ranges once, at the edge, and raises
+:class:`~vitpss.errors.UsageError` with a message naming the field and the fix; inner code trusts
+the config. Model fields left at ``None`` mean "the model's own default"; the training job fills
+them in from the built model, so a run's ``config.yaml`` is fully resolved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import UsageError
+from .samplers import SAMPLERS
+from .schedules import SCHEDULES, build_schedule
+
+#: The default model: a small ViT registered with timm by :mod:`vitpss.train` (28 px, patch 7,
+#: 1 channel, width 64, depth 4, 4 heads, average pooling), sized for the embedded MNIST subset.
+DEFAULT_MODEL = "vitpss_tiny_mnist"
+AMP_CHOICES = ("off", "auto", "bf16", "fp16")
+AUGMENT_CHOICES = ("none", "light", "randaug")
+GLOBAL_POOL_CHOICES = ("token", "avg", "max", "avgmax", "map", "")
+DEVICE_HINT = "auto, cpu, cuda or cuda:N"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run (see ``vitpss train --help`` for each field)."""
+
+    # Model (timm.create_model name and overrides; None = the model's default).
+    model: str = _opt(DEFAULT_MODEL, "timm ViT/DeiT model name")
+    img_size: int | None = _opt(None, "input image size (pixels)")
+    patch_size: int | None = _opt(None, "patch size (pixels)")
+    embed_dim: int | None = _opt(None, "token width")
+    depth: int | None = _opt(None, "number of transformer blocks")
+    num_heads: int | None = _opt(None, "attention heads per block")
+    in_chans: int | None = _opt(None, "input channels (images are converted to this)")
+    drop_path: float = _opt(0.0, "stochastic depth rate (DeiT: 0.1)")
+    global_pool: str | None = _opt(None, "pooling: token, avg, max, avgmax, map or '' (none)")
+    # Data.
+    data: str = _opt("mnist5k", "mnist5k, synthetic, or an ImageFolder root with train/ and val/")
+    synthetic_size: int = _opt(1024, "number of synthetic training images")
+    num_classes: int | None = _opt(None, "classes of synthetic data (default 10); others: from the data")
+    augment: str = _opt("light", "training augmentation of real data: none, light, randaug (DeiT)")
+    hflip: float | None = _opt(None, "horizontal flip probability (default 0 for mnist5k, else 0.5)")
+    workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
+    # Recipe.
+    epochs: int = _opt(5, "training epochs")
+    batch_size: int = _opt(32, "images per step and per process")
+    lr: float = _opt(2e-3, "peak learning rate (AdamW)")
+    min_lr: float = _opt(1e-5, "final learning rate of the cosine decay")
+    warmup_epochs: float = _opt(0.5, "linear LR warm-up length in epochs")
+    weight_decay: float = _opt(0.05, "AdamW weight decay")
+    label_smoothing: float = _opt(0.1, "label smoothing")
+    mixup: float = _opt(0.0, "Mixup alpha (0 = off)")
+    cutmix: float = _opt(0.0, "CutMix alpha (0 = off)")
+    ema_decay: float = _opt(0.0, "model EMA decay, e.g. 0.999 (0 = off)")
+    clip_grad: float = _opt(0.0, "gradient norm clipping (0 = off)")
+    amp: str = _opt("off", "mixed precision: off, auto, bf16, fp16 (--amp alone = auto)", const="auto")
+    # Patch sampling schedule.
+    schedule: str = _opt("cyclic", "keep-rate schedule: " + ", ".join(SCHEDULES))
+    low: float = _opt(0.2, "lowest keep rate")
+    high: float = _opt(1.0, "highest keep rate (may exceed 1: clamped)")
+    quantum: float = _opt(0.2, "round keep rates to multiples of this (0 = no rounding)")
+    cooldown_epochs: int = _opt(0, "last epochs trained with all patches")
+    period_steps: int | None = _opt(None, "cyclic period in steps (default: one epoch)")
+    sampler: str = _opt("magnitude", "patch sampler: " + ", ".join(SAMPLERS))
+    # Run.
+    seed: int = _opt(0, "random seed")
+    output: str | None = _opt(None, "run directory (default runs/train-<date>-<time>)")
+    resume: str | None = _opt(None, "resume a run from its directory or checkpoint file")
+    overwrite: bool = _opt(False, "replace the run files in an output directory holding another run")
+    device: str = _opt("auto", "device: " + DEVICE_HINT)
+    save_every_steps: int = _opt(0, "also write checkpoint.pt every N steps (0 = at epoch ends only)")
+    max_steps: int | None = _opt(None, "stop (with a checkpoint) after this global step, as if interrupted")
+    compile: bool = _opt(False, "wrap the model with torch.compile")
+    quiet: bool = _opt(False, "no progress bar")
+
+
+#: Fields a resumed run may change (they do not alter the computation); all others come from the checkpoint.
+RESUME_OVERRIDABLE = frozenset({"resume", "device", "workers", "save_every_steps", "max_steps", "quiet", "output", "data"})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    """(scalar type, optional) of a field annotation such as ``int | None``."""
+    args = typing.get_args(hint)
+    if args:
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return hint, False
+
+
+def field_types() -> dict[str, tuple[type, bool]]:
+    """Per field: its scalar type (int, float, str, bool) and whether ``None`` is allowed."""
+    return {name: _base_type(hint) for name, hint in _hints().items()}
+
+
+def nearest(name: str, valid: typing.Iterable[str]) -> str:
+    """A ' (did you mean X?)' hint for the closest valid name, or ''."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _coerce(name: str, value: Any, kind: type, optional: bool, source: str) -> Any:
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"{source}: {name} must not be empty (expected {kind.__name__})")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and name == "amp" and isinstance(value, bool):
+        return "auto" if value else "off"
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise UsageError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+
+
+def from_dict(values: Mapping[str, Any], *, base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+    """``base`` (default: the defaults) updated with ``values``; unknown keys and wrong types -> UsageError."""
+    types = field_types()
+    updates = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in types:
+            raise UsageError(f"{source}: unknown setting {key!r}{nearest(name, types)}")
+        kind, optional = types[name]
+        updates[name] = _coerce(name, value, kind, optional, source)
+    return dataclasses.replace(base or TrainConfig(), **updates)
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML file of ``field: value`` pairs (keys as in TrainConfig; '-' or '_')."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of setting: value, got {type(values).__name__}")
+    return from_dict(values, base=base, source=str(path))
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A plain dict of the config (only str, int, float, bool, None): YAML- and checkpoint-safe."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+_RANGES: dict[str, tuple[Any, str]] = {
+    "img_size": (lambda v: v >= 1, ">= 1"),
+    "patch_size": (lambda v: v >= 1, ">= 1"),
+    "embed_dim": (lambda v: v >= 1, ">= 1"),
+    "depth": (lambda v: v >= 1, ">= 1"),
+    "num_heads": (lambda v: v >= 1, ">= 1"),
+    "in_chans": (lambda v: v in (1, 3), "1 or 3"),
+    "drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "synthetic_size": (lambda v: v >= 1, ">= 1"),
+    "num_classes": (lambda v: v >= 2, ">= 2"),
+    "hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "workers": (lambda v: v >= 0, ">= 0"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: 0 < v < math.inf, "> 0"),
+    "min_lr": (lambda v: 0 <= v < math.inf, ">= 0"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup": (lambda v: v >= 0, ">= 0"),
+    "cutmix": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+    "clip_grad": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "save_every_steps": (lambda v: v >= 0, ">= 0"),
+    "max_steps": (lambda v: v >= 1, ">= 1"),
+}
+
+_CHOICES: dict[str, typing.Sequence[str]] = {
+    "amp": AMP_CHOICES,
+    "augment": AUGMENT_CHOICES,
+    "global_pool": GLOBAL_POOL_CHOICES,
+    "schedule": SCHEDULES,
+    "sampler": tuple(SAMPLERS),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check types, ranges, names and the schedule's numbers; return ``cfg`` or raise UsageError."""
+    for name, (kind, optional) in field_types().items():
+        _coerce(name, getattr(cfg, name), kind, optional, _flag(name))
+    for name, (ok, allowed) in _RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise UsageError(f"{_flag(name)}={value!r} is out of range: it must be {allowed}")
+    for name, choices in _CHOICES.items():
+        value = getattr(cfg, name)
+        if value is not None and value not in choices:
+            shown = ", ".join(repr(c) if c == "" else c for c in choices)
+            raise UsageError(f"unknown {name} {value!r}{nearest(value, choices)}: choose one of {shown}")
+    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise UsageError(f"--device={cfg.device!r} is not a device: use {DEVICE_HINT}")
+    if cfg.min_lr > cfg.lr:
+        raise UsageError(f"--min-lr={cfg.min_lr} exceeds --lr={cfg.lr}: the decay must end below the peak")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise UsageError(f"--warmup-epochs={cfg.warmup_epochs} exceeds --epochs={cfg.epochs}")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
+        raise UsageError(f"--batch-size={cfg.batch_size} must be even with Mixup/CutMix")
+    if cfg.img_size is not None and cfg.patch_size is not None and cfg.img_size % cfg.patch_size:
+        raise UsageError(f"--img-size={cfg.img_size} is not divisible by --patch-size={cfg.patch_size}: "
+                         f"choose sizes where the patch size divides the image size")
+    try:
+        build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=2, epochs=cfg.epochs,
+                       quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs, period_steps=cfg.period_steps)
+    except ValueError as err:
+        raise UsageError(f"invalid schedule setting: {err} (see --low, --high, --quantum, "
+                         f"--cooldown-epochs, --period-steps)") from None
+    return cfg

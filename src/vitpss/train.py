@@ -1,0 +1,617 @@
+"""``vitpss train`` and ``vitpss eval``: a whole training job and checkpoint evaluation.
+
+The job, top to bottom (:func:`train`): resolve the config, set up data-parallel processes (under
+``torchrun``), build data, model (timm + :func:`vitpss.attach`), AdamW, per-step cosine LR with
+warm-up, optional Mixup/CutMix, EMA and AMP; restore a checkpoint when resuming; then per epoch:
+:func:`vitpss.engine.train_one_epoch` (keep rate = ``schedule(global step)``), evaluation at all
+patches, logs and checkpoints; finally ``summary.json``. See README "Train" for the run directory.
+
+Public helpers other jobs use: :func:`build_model`, :func:`resolve_model_config`,
+:func:`load_checkpoint`, :func:`model_from_checkpoint`, :func:`config_from_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import (
+    CHECKPOINT_FORMAT, JsonlWriter, RUN_FILES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
+    checkpoint_path, clear_run_files, load_checkpoint, load_model_state, rng_state, set_rng_state, truncate_jsonl,
+)
+from .config import (
+    DEFAULT_MODEL, RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, field_names, field_types, from_dict,
+    load_config, nearest, validate,
+)
+from .data import build_datasets, build_loader
+from .engine import NonFiniteLossError, evaluate, sync, train_one_epoch
+from .errors import UsageError
+from .flops import FlopModel
+from .patching import attach, supported_families
+from .schedules import build_schedule
+
+__all__ = ["build_model", "resolve_model_config", "load_checkpoint", "model_from_checkpoint", "train",
+           "config_from_args", "register"]
+
+
+# --------------------------------------------------------------------------- model
+
+
+@register_model
+def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The default model: ViT for 28x28 grayscale digits (patch 7: 16 patches, width 64, depth 4, 4 heads,
+    MLP ratio 2, average pooling over tokens; 0.14 M parameters)."""
+    if pretrained:
+        raise UsageError(f"{DEFAULT_MODEL} has no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
+                mlp_ratio=2.0, global_pool="avg")
+    return VisionTransformer(**{**args, **kwargs})
+
+
+MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
+
+
+def _check_model_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    names = sorted(set(timm.list_models("*vit*") + timm.list_models("*deit*") + [DEFAULT_MODEL]))
+    raise UsageError(f"unknown model {name!r}{nearest(name, names)}: use a timm ViT/DeiT name such as "
+                     f"{DEFAULT_MODEL}, deit_tiny_patch16_224, vit_small_patch16_224 (all {len(names)}: "
+                     f"python -c \"import timm; print(timm.list_models('*vit*'))\")")
+
+
+def _create(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -> nn.Module:
+    _check_model_name(cfg.model)
+    kwargs = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
+    try:
+        model = timm.create_model(cfg.model, num_classes=cfg.num_classes or 10, drop_path_rate=cfg.drop_path, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as err:
+        shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        raise UsageError(f"cannot build {cfg.model} with {shown or 'its defaults'}: {err or type(err).__name__}") from None
+    try:
+        return attach(model, cfg.sampler, generator)
+    except TypeError:
+        raise UsageError(f"model {cfg.model} ({type(model).__name__}) is not supported: vitpss supports "
+                         f"{'; '.join(supported_families())}") from None
+
+
+def resolve_model_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every model field filled in from the model (built on the meta device: no memory).
+
+    Raises UsageError for unknown or unsupported models, impossible overrides, and an image size
+    that the patch size does not divide.
+    """
+    with torch.device("meta"):
+        model = _create(cfg)
+    embed = model.patch_embed
+    resolved = dataclasses.replace(
+        cfg, img_size=int(embed.img_size[0]), patch_size=int(embed.patch_size[0]), embed_dim=int(model.embed_dim),
+        depth=len(model.blocks), num_heads=int(model.blocks[0].attn.num_heads),
+        in_chans=int(embed.proj.in_channels), global_pool=str(model.global_pool))
+    if resolved.img_size % resolved.patch_size:
+        raise UsageError(f"image size {resolved.img_size} is not divisible by patch size {resolved.patch_size}: "
+                         f"set --img-size to a multiple of {resolved.patch_size} (or change --patch-size)")
+    return resolved
+
+
+def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -> nn.Module:
+    """``timm.create_model(cfg.model, ...)`` with the config's overrides, then ``vitpss.attach(cfg.sampler)``.
+
+    Overrides: img_size, patch_size, embed_dim, depth, num_heads, in_chans, global_pool (None =
+    the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10).
+    ``generator`` seeds the ``random`` sampler. Bad names/settings raise UsageError.
+    """
+    return _create(cfg, generator)
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                          ema: bool = False) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild the model of a ``vitpss train`` checkpoint (file or run directory) and load its weights.
+
+    The checkpoint carries its config, so no model flags are needed. ``ema=True`` loads the EMA
+    weights. Returns ``(model in eval mode on device, config)``.
+    """
+    path = checkpoint_path(path)
+    ckpt = load_checkpoint(path)
+    cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
+    model = build_model(cfg)
+    state = ckpt["ema"] if ema else ckpt["model"]
+    if state is None:
+        raise UsageError(f"{path} has no EMA weights (the run used --ema-decay 0): drop --ema")
+    load_model_state(model, state, str(path))
+    return model.to(device).eval(), cfg
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per :class:`TrainConfig` field (defaults suppressed: only given flags appear)."""
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="YAML file of settings (keys as the flags, '-' or '_'); flags override it")
+    types = field_types()
+    for f in dataclasses.fields(TrainConfig):
+        kind, _ = types[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        shown = "model's" if f.default is None and f.name in MODEL_OVERRIDES else f.default
+        help_text = f"{f.metadata['help']} (default: {shown})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif "const" in f.metadata:
+            parser.add_argument(flag, nargs="?", const=f.metadata["const"], type=kind, default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """The config of the run to resume (from its checkpoint) with run-control ``overrides`` applied.
+
+    Only :data:`~vitpss.config.RESUME_OVERRIDABLE` fields may differ; ``max_steps`` is not
+    inherited. The output directory defaults to the checkpoint's directory.
+    """
+    path = checkpoint_path(resume)
+    ckpt = load_checkpoint(path)
+    saved = ckpt["config"]
+    changed = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and v != saved.get(k))
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UsageError(f"{flags} cannot change when resuming: a resumed run keeps its saved config "
+                         f"(allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_OVERRIDABLE))})")
+    values = {**saved, "max_steps": None, "overwrite": False, **overrides, "resume": str(path)}
+    values.setdefault("output", None)
+    if "output" not in overrides:
+        values["output"] = str(path.parent)
+    return validate(from_dict(values, source=f"config in {path}")), ckpt, path
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
+    """``(config, checkpoint or None)`` from parsed ``train`` flags: defaults < --config file < flags."""
+    given = {k: v for k, v in vars(args).items() if k in field_names()}
+    if given.get("resume"):
+        if hasattr(args, "config"):
+            raise UsageError("--config cannot be combined with --resume: a resumed run uses its saved config")
+        cfg, ckpt, _ = resume_config(given["resume"], given)
+        return cfg, ckpt
+    base = load_config(args.config) if hasattr(args, "config") else TrainConfig()
+    return validate(from_dict(given, base=base, source="command line")), None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``eval`` subcommands."""
+    p = subparsers.add_parser("train", help="train a ViT with a patch sampling schedule",
+                              description="Train a timm ViT with a patch sampling schedule. With no arguments: "
+                              f"{DEFAULT_MODEL} on the embedded MNIST subset, cyclic schedule. Under torchrun: data-parallel.")
+    add_config_arguments(p)
+    p.set_defaults(func=run_train)
+    e = subparsers.add_parser("eval", help="accuracy of a checkpoint (optionally at a keep rate)")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file, or a run directory (its checkpoint.pt)")
+    e.add_argument("--keep-rate", type=float, default=None, help="share of patches kept at inference (default 1)")
+    e.add_argument("--data", default=None, help="evaluate on other data with the same classes (default: the run's)")
+    e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
+    e.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    e.set_defaults(func=run_eval)
+
+
+def _one_line(message: str) -> str:
+    """The user's message of an error re-raised from a DataLoader worker (which adds a traceback)."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message
+    last = lines[-1]
+    return last.split("UsageError: ", 1)[-1]
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg, ckpt = config_from_args(args)
+    try:
+        train(cfg, checkpoint=ckpt)
+    except UsageError as err:
+        raise UsageError(_one_line(str(err))) from None
+    except NonFiniteLossError as err:
+        print(f"vitpss: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.keep_rate is not None and not 0 < args.keep_rate <= 1:
+        raise UsageError(f"--keep-rate={args.keep_rate} is out of range: it must be in (0, 1]")
+    device = resolve_device(args.device)
+    model, cfg = model_from_checkpoint(args.checkpoint, device, ema=args.ema)
+    overrides = {k: getattr(args, k) for k in ("data", "batch_size", "workers") if getattr(args, k) is not None}
+    cfg = validate(from_dict(overrides, base=cfg, source="command line"))
+    _, val_ds, num_classes, _, _ = build_datasets(dataclasses.replace(cfg, num_classes=None))
+    if num_classes != cfg.num_classes:
+        raise UsageError(f"--data {cfg.data} has {num_classes} classes but the checkpoint's model has {cfg.num_classes}")
+    loader = build_loader(val_ds, cfg, train=False, device=device)
+    try:
+        result = evaluate(model, loader, device, keep_rate=args.keep_rate)
+    except UsageError as err:
+        raise UsageError(_one_line(str(err))) from None
+    rate = 1.0 if args.keep_rate is None else args.keep_rate
+    print(f"acc1 {result['acc1']:.2f}  acc5 {result['acc5']:.2f}  loss {result['loss']:.4f}  "
+          f"keep rate {rate:g}  images {result['images']}  ({checkpoint_path(args.checkpoint)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` = CUDA (this process's local rank) when available, else CPU."""
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda":
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+@dataclasses.dataclass
+class Dist:
+    """This process's place in a data-parallel job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group from the environment (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), resolve_device(device_name)
+    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name, d.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def amp_settings(amp: str, device: torch.device) -> tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
+    """Autocast dtype and (fp16 only) a GradScaler for ``--amp``."""
+    if amp == "off":
+        return None, None
+    if amp == "auto":
+        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--amp fp16 needs CUDA: use --amp bf16 on CPU")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def _holds_run(directory: Path) -> bool:
+    return any((directory / name).exists() for name in RUN_FILES)
+
+
+def prepare_output(cfg: TrainConfig, d: Dist, resuming: bool) -> Path:
+    """The run directory: checked on every rank (refuse to mix runs), then created by rank 0."""
+    out = cfg.output
+    if out is None:
+        stamp = [datetime.now().strftime("runs/train-%Y%m%d-%H%M%S")]
+        if d.world_size > 1:
+            dist.broadcast_object_list(stamp, src=0)
+        out = stamp[0]
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output {path} is a file: give a directory")
+    if not resuming and path.is_dir() and _holds_run(path) and not cfg.overwrite:
+        raise UsageError(f"--output {path} holds another run: choose another --output, continue it with "
+                         f"--resume {path}, or replace it with --overwrite")
+    if d.world_size > 1:
+        dist.barrier()
+    if d.main:
+        path.mkdir(parents=True, exist_ok=True)
+        if not resuming and cfg.overwrite:
+            clear_run_files(path)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _progress_enabled(cfg: TrainConfig, d: Dist) -> bool:
+    return d.main and not cfg.quiet and sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclasses.dataclass
+class RunState:
+    """Counters carried across epochs and checkpoints."""
+
+    step: int = 0
+    best_acc1: float = -1.0
+    best_epoch: int = -1
+    train_time_s: float = 0.0
+    epoch_time_s: float = 0.0  # training time of the current, unfinished epoch
+    images: int = 0
+    last_val: Optional[dict[str, float]] = None
+
+
+class Trainer:
+    """Holds the objects of one run; :meth:`run` is the epoch loop. Built by :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> None:
+        self.d, self.device = setup_distributed(cfg.device)
+        cfg = resolve_model_config(cfg)
+        train_ds, val_ds, num_classes, _, _ = build_datasets(cfg)
+        self.cfg = cfg = dataclasses.replace(cfg, num_classes=num_classes)
+        self.amp_dtype, self.scaler = amp_settings(cfg.amp, self.device)
+        seed_everything(cfg.seed)
+        self.generator = None
+        if cfg.sampler == "random":
+            self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.d.rank)
+        self.model = build_model(cfg, self.generator).to(self.device)
+        seed_everything(cfg.seed + self.d.rank)  # per-rank randomness (drop path, Mixup)
+        self.train_loader = build_loader(train_ds, cfg, True, rank=self.d.rank, world_size=self.d.world_size,
+                                         device=self.device)
+        self.val_loader = build_loader(val_ds, cfg, False, rank=self.d.rank, world_size=self.d.world_size,
+                                       device=self.device)
+        self.steps_per_epoch = len(self.train_loader)
+        self.schedule = build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=self.steps_per_epoch,
+                                       epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
+                                       period_steps=cfg.period_steps)
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,
+            warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch), warmup_lr_init=min(1e-6, cfg.lr), t_in_epochs=False)
+        self.mixup_fn = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                                  num_classes=num_classes)
+            self.loss_fn: nn.Module = SoftTargetCrossEntropy()
+        else:
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.state = RunState()
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.out = prepare_output(cfg, self.d, resuming=checkpoint is not None)
+        self.net: nn.Module = self.model
+        if self.d.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+
+    # ---- checkpoints
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Load model, optimizer, LR schedule, scaler, EMA, counters and RNG states of a checkpoint."""
+        source = self.cfg.resume or "checkpoint"
+        if ckpt["world_size"] != self.d.world_size:
+            raise UsageError(f"{source} was written by {ckpt['world_size']} processes; resume with the same number "
+                             f"(torchrun --nproc_per_node={ckpt['world_size']}), now {self.d.world_size}")
+        if ckpt["steps_per_epoch"] != self.steps_per_epoch:
+            raise UsageError(f"{source} had {ckpt['steps_per_epoch']} steps per epoch, the data now gives "
+                             f"{self.steps_per_epoch}: resume with the same data and batch size")
+        load_model_state(self.model, ckpt["model"], source)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self.lr_scheduler.step_update(ckpt["step"])
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.state = RunState(**ckpt["run_state"])
+        set_rng_state(ckpt["rng"][self.d.rank], self.generator)
+
+    def save(self, name: str = "checkpoint.pt") -> Optional[Path]:
+        """Write the full state (every rank takes part: RNG states are gathered to rank 0)."""
+        states = [rng_state(self.generator)]
+        if self.d.world_size > 1:
+            states = [None] * self.d.world_size
+            dist.all_gather_object(states, rng_state(self.generator))
+        if not self.d.main:
+            return None
+        ckpt = {
+            "format": CHECKPOINT_FORMAT, "vitpss_version": __version__, "config": config_to_dict(self.cfg),
+            "step": self.state.step, "epoch": self.state.step // self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "world_size": self.d.world_size,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "run_state": dataclasses.asdict(self.state), "rng": states,
+        }
+        path = self.out / name
+        atomic_save(ckpt, path)
+        return path
+
+    # ---- logs
+
+    def open_logs(self, resuming: bool) -> None:
+        self.train_log = self.val_log = None
+        if not self.d.main:
+            return
+        atomic_write_text(self.out / "config.yaml", dump_yaml(self.cfg))
+        if resuming:  # drop records past the checkpoint (written after it, before the interruption)
+            step, epoch = self.state.step, self.state.step // self.steps_per_epoch
+            truncate_jsonl(self.out / "train_log.jsonl", lambda r: r.get("step", -1) < step)
+            truncate_jsonl(self.out / "val_log.jsonl", lambda r: r.get("epoch", -1) < epoch)
+        self.train_log = JsonlWriter(self.out / "train_log.jsonl")
+        self.val_log = JsonlWriter(self.out / "val_log.jsonl")
+
+    def close_logs(self) -> None:
+        for log in (self.train_log, self.val_log):
+            if log is not None:
+                log.close()
+
+    # ---- loop
+
+    def on_step(self, record: dict[str, Any], bar: Optional[tqdm]) -> bool:
+        """Log one step; write mid-epoch checkpoints; True when --max-steps is reached."""
+        st, cfg = self.state, self.cfg
+        st.step = record["step"] + 1
+        st.train_time_s += record["step_time"] + record["data_time"]
+        st.epoch_time_s += record["step_time"] + record["data_time"]
+        st.images += record["images"]
+        if self.train_log is not None:
+            self.train_log.write(record)
+        if bar is not None:
+            ips = cfg.batch_size * self.d.world_size / max(record["step_time"] + record["data_time"], 1e-9)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", keep=f"{record['keep_rate']:.2f}", img_s=f"{ips:.0f}",
+                            refresh=False)
+            bar.update()
+        stop = cfg.max_steps is not None and st.step >= cfg.max_steps
+        epoch_end = st.step % self.steps_per_epoch == 0
+        if stop or (cfg.save_every_steps and st.step % cfg.save_every_steps == 0 and not epoch_end):
+            self.save()
+        return stop and not epoch_end
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        skip = self.state.step - epoch * self.steps_per_epoch
+        self.train_loader.sampler.set_epoch(epoch, skip * self.cfg.batch_size)
+        if skip == 0:
+            self.state.epoch_time_s = 0.0
+        bar = None
+        if _progress_enabled(self.cfg, self.d):
+            bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                       leave=False, dynamic_ncols=True)
+        try:
+            return train_one_epoch(
+                self.net, self.train_loader, self.optimizer, schedule=self.schedule, epoch=epoch,
+                start_step=self.state.step, device=self.device, loss_fn=self.loss_fn, lr_scheduler=self.lr_scheduler,
+                mixup_fn=self.mixup_fn, scaler=self.scaler, amp_dtype=self.amp_dtype, ema=self.ema,
+                clip_grad=self.cfg.clip_grad, on_step=lambda r: self.on_step(r, bar))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def end_epoch(self, epoch: int, result: dict[str, Any]) -> None:
+        """Evaluate at all patches (and the EMA), log, write checkpoint.pt and best.pt."""
+        st = self.state
+        val = evaluate(self.model, self.val_loader, self.device, amp_dtype=self.amp_dtype)
+        record = {"epoch": epoch, "acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"],
+                  "epoch_time": st.epoch_time_s}
+        if self.ema is not None:
+            ema_val = evaluate(self.ema.module, self.val_loader, self.device, amp_dtype=self.amp_dtype)
+            record.update(ema_acc1=ema_val["acc1"], ema_acc5=ema_val["acc5"], ema_loss=ema_val["loss"])
+        st.last_val = record
+        is_best = val["acc1"] > st.best_acc1
+        if is_best:
+            st.best_acc1, st.best_epoch = val["acc1"], epoch
+        if self.val_log is not None:
+            self.val_log.write(record)
+        path = self.save()
+        if is_best and path is not None:
+            atomic_copy(path, self.out / "best.pt")
+        if self.d.main:
+            ema = f"  ema acc1 {record['ema_acc1']:.2f}" if self.ema is not None else ""
+            print(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {result['loss']:.4f}  acc1 {val['acc1']:.2f}  "
+                  f"acc5 {val['acc5']:.2f}{ema}  ({st.epoch_time_s:.1f} s)", flush=True)
+
+    def run(self) -> Optional[dict[str, Any]]:
+        """Train to the end (or --max-steps); returns the summary, or None when stopped early."""
+        start_epoch = self.state.step // self.steps_per_epoch
+        for epoch in range(start_epoch, self.cfg.epochs):
+            try:
+                result = self.run_epoch(epoch)
+            except NonFiniteLossError as err:
+                last = self.out / "checkpoint.pt"
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                raise NonFiniteLossError(err.step, err.loss, f"(epoch {epoch + 1}): training stopped, {kept}; "
+                                         f"try a lower --lr or --clip-grad 1") from None
+            if not result["stopped"]:
+                self.end_epoch(epoch, result)
+            if self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps:
+                if self.d.main:
+                    print(f"stopped at step {self.state.step} (--max-steps); continue with: "
+                          f"vitpss train --resume {self.out}", flush=True)
+                return None
+        return self.finish()
+
+    def finish(self) -> Optional[dict[str, Any]]:
+        """Write summary.json and print the result (rank 0)."""
+        if not self.d.main:
+            return None
+        st = self.state
+        with torch.random.fork_rng(devices=[]):
+            fraction = FlopModel(self.model).compute_fraction(self.schedule.rates())
+        last = st.last_val or {}
+        summary = {
+            "acc1": last.get("acc1"), "acc5": last.get("acc5"), "best_acc1": st.best_acc1,
+            "best_epoch": st.best_epoch, "train_time_s": st.train_time_s,
+            "images_per_s": st.images / max(st.train_time_s, 1e-9), "schedule": self.cfg.schedule,
+            "sampler": self.cfg.sampler, "epochs": self.cfg.epochs, "steps": self.schedule.total_steps,
+            "compute_fraction": fraction, "mean_keep_rate": self.schedule.mean_keep_rate(),
+            "model": self.cfg.model, "data": self.cfg.data, "world_size": self.d.world_size,
+            "device": str(self.device),
+        }
+        if "ema_acc1" in last:
+            summary["ema_acc1"] = last["ema_acc1"]
+        atomic_write_json(self.out / "summary.json", summary)
+        print(f"acc1 {summary['acc1']:.2f}  best acc1 {st.best_acc1:.2f} (epoch {st.best_epoch + 1})  "
+              f"training time {st.train_time_s:.1f} s  compute fraction {fraction:.3f}", flush=True)
+        print(f"run directory: {self.out}", flush=True)
+        return summary
+
+
+def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
+    """Run a whole training job (the Python form of ``vitpss train``); returns the summary dict.
+
+    ``cfg`` must be validated (:func:`vitpss.config.validate`). To resume, pass the loaded
+    ``checkpoint`` (see :func:`resume_config`). Returns None on non-zero ranks and when stopped by
+    ``max_steps``. Raises UsageError for bad input and NonFiniteLossError for a NaN/inf loss.
+    """
+    if cfg.resume and checkpoint is None:
+        cfg, checkpoint, _ = resume_config(cfg.resume, {})
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    trainer = None
+    try:
+        trainer = Trainer(cfg, checkpoint)
+        trainer.open_logs(resuming=checkpoint is not None)
+        if trainer.state.step >= trainer.schedule.total_steps:
+            if trainer.d.main:
+                print(f"nothing to do: the run in {trainer.out} finished at step {trainer.state.step}")
+            return None
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close_logs()
+        if owns_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
