@@ -10,10 +10,8 @@ GFLOPs per image of the forward (``torch.utils.flop_counter``). Writes ``sweep.j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
-import os
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .engine import evaluate
 from .errors import UsageError
 from .flops import count_flops
 from .patching import keep_rate, set_sampler, token_count
@@ -35,56 +34,36 @@ DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, batches: Batches, rate: float, *, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) of ``model`` in eval mode at keep ``rate`` over ``batches``.
-
-    ``batches`` is any re-iterable of ``(images, targets)``: an in-memory list or a DataLoader.
-    """
-    model.eval()
-    correct1 = correct5 = total = 0
-    with keep_rate(model, rate):
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, amp_dtype):
-                logits = model(x)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top.eq(y[:, None])
-            correct1 += int(hits[:, 0].sum())
-            correct5 += int(hits.any(dim=1).sum())
-            total += y.numel()
-    if total == 0:
-        raise UsageError("the validation data is empty: nothing to evaluate")
-    return 100.0 * correct1 / total, 100.0 * correct5 / total
-
-
 @torch.no_grad()
 def throughput(model: nn.Module, x: torch.Tensor, rates: Sequence[float], *, warmup: int = 2,
-               repeats: int = 5, amp_dtype: torch.dtype | None = None) -> dict[float, float]:
+               repeats: int = 5, min_time: float = 0.05,
+               amp_dtype: torch.dtype | None = None) -> dict[float, float]:
     """Images per second of the model alone on batch ``x`` (already on the device) at each rate.
 
-    Eval mode and ``no_grad``; ``warmup`` untimed rounds, then ``repeats`` timed rounds, each
-    visiting every rate once (round-robin); the result is the median per rate.
+    Eval mode and ``no_grad``. ``warmup`` untimed rounds first; then ``repeats`` timed rounds,
+    each visiting every rate once (round-robin, so drift hits all rates alike). A timed sample
+    runs as many forwards as make the slowest rate last ``min_time`` seconds (as ``timeit``
+    does), so that short passes are not lost in timer and scheduler noise. Result: the median.
     """
     model.eval()
     device = x.device
-    times: dict[float, list[float]] = {float(r): [] for r in rates}
-    for i in range(warmup + repeats):
-        for rate in times:
-            with keep_rate(model, rate), _autocast(device, amp_dtype):
-                _sync(device)
-                start = time.perf_counter()
+
+    def timed(rate: float, passes: int) -> float:
+        with keep_rate(model, rate), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(passes):
                 model(x)
-                _sync(device)
-            if i >= warmup:
-                times[rate].append(time.perf_counter() - start)
+            _sync(device)
+        return (time.perf_counter() - start) / passes
+
+    for _ in range(warmup):
+        slowest = max(timed(float(rate), 1) for rate in rates)
+    passes = max(1, math.ceil(min_time / slowest)) if warmup else 1
+    times: dict[float, list[float]] = {float(r): [] for r in rates}
+    for _ in range(repeats):
+        for rate in times:
+            times[rate].append(timed(rate, passes))
     return {rate: x.shape[0] / statistics.median(values) for rate, values in times.items()}
 
 
@@ -103,13 +82,13 @@ def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
                        amp_dtype=amp_dtype)
     rows = []
     for rate in speed:
-        acc1, acc5 = accuracy(model, batches, rate, device=device, amp_dtype=amp_dtype)
+        result = evaluate(model, batches, device, keep_rate=rate, amp_dtype=amp_dtype)
         rows.append({
             "keep_rate": rate,
-            "acc1": round(acc1, 3),
-            "acc5": round(acc5, 3),
+            "acc1": round(result["acc1"], 3),
+            "acc5": round(result["acc5"], 3),
             "images_per_s": round(speed[rate], 1),
-            "gflops": round(count_flops(model, rate, backward=False) / 1e9, 6),
+            "gflops": count_flops(model, rate, backward=False) / 1e9,
             "tokens": token_count(model, rate),
         })
     return rows
@@ -156,19 +135,6 @@ def display_images(inputs: torch.Tensor, dataset: Dataset) -> np.ndarray:
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``cuda`` when available and ``name`` is None or ``auto``; UsageError for unusable devices."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | None = None,
                     device: str | None = None, sampler: str | None = None) -> LoadedCheckpoint:
     """The model of a ``vitpss train`` checkpoint (file or run directory) and its validation data.
@@ -176,22 +142,22 @@ def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | No
     ``data`` replaces the run's data source (same classes and image size expected); ``sampler``
     the run's sampler; ``batch_size`` the run's batch size.
     """
+    from .config import from_dict, validate
     from .data import build_datasets, build_loader
-    from .train import model_from_checkpoint
+    from .train import model_from_checkpoint, resolve_device
 
-    dev = resolve_device(device)
+    dev = resolve_device(device or "auto")
     model, cfg = model_from_checkpoint(path, dev)
-    if data is not None:
-        cfg = dataclasses.replace(cfg, data=data)
-    _, val_ds, num_classes, _, _ = build_datasets(cfg)
+    overrides = {k: v for k, v in (("data", data), ("batch_size", batch_size), ("sampler", sampler)) if v is not None}
+    cfg = validate(from_dict(overrides, base=cfg, source="command line"))
+    _, val_ds, num_classes, _, _ = build_datasets(cfg if data is None else dataclasses.replace(cfg, num_classes=None))
     if num_classes != model.num_classes:
         raise UsageError(f"--data {cfg.data} has {num_classes} classes but the checkpoint's model predicts "
                          f"{model.num_classes}: use data with the classes the model was trained on")
-    loader = build_loader(val_ds, cfg, train=False, batch_size=batch_size, device=dev)
-    sampler = sampler or cfg.sampler
-    set_sampler(model, sampler)
+    loader = build_loader(val_ds, cfg, train=False, device=dev)
+    set_sampler(model, cfg.sampler)
     model.eval()
-    return LoadedCheckpoint(model, cfg, val_ds, loader, dev, sampler, getattr(val_ds, "classes", None))
+    return LoadedCheckpoint(model, cfg, val_ds, loader, dev, cfg.sampler, getattr(val_ds, "classes", None))
 
 
 def format_table(rows: Sequence[dict[str, float]]) -> str:
@@ -217,13 +183,6 @@ def parse_rates(text: str) -> list[float]:
     return rates
 
 
-def write_json(path: Path, data) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep", help="accuracy, throughput and GFLOPs of one checkpoint at many keep rates",
@@ -239,6 +198,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="validation data (default: the run's data)")
     p.add_argument("--output", type=Path, default=None, help="directory for sweep.json and sweep.png")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; on a busy shared CPU, 1 times steadier)")
     p.add_argument("--amp", action="store_true", help="autocast (bfloat16) for evaluation and timing")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes first")
@@ -246,29 +207,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_write_json, checkpoint_path
     from .plots import plot_sweep
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.repeats < 1 or args.warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
-    loaded = load_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
-                             device=args.device, sampler=args.sampler)
-    model, loader, device = loaded.model, loaded.val_loader, loaded.device
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    checkpoint = checkpoint_path(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, data=args.data, batch_size=args.batch_size, device=args.device,
+                             sampler=args.sampler)
     amp_dtype = torch.bfloat16 if args.amp else None
-    rows = sweep_model(model, loader, args.keep_rates, warmup=args.warmup, repeats=args.repeats,
-                       amp_dtype=amp_dtype)
-    out_dir = args.output or args.checkpoint.parent
+    rows = sweep_model(loaded.model, loaded.val_loader, args.keep_rates, warmup=args.warmup,
+                       repeats=args.repeats, amp_dtype=amp_dtype)
+    out_dir = args.output or checkpoint.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "sweep.json", rows)
-    sampler = loaded.sampler
-    batch = next(iter(loader))[0].shape[0]
-    where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                f" ({torch.get_num_threads()} threads)")
-    title = f"{args.checkpoint.parent.name}: {sampler} sampler, batch {batch}, {where}"
+    atomic_write_json(out_dir / "sweep.json", rows)
+    device = loaded.device
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
+    batch = next(iter(loaded.val_loader))[0].shape[0]
+    title = f"{checkpoint.parent.name}: {loaded.sampler} sampler, batch {batch}, {hardware}"
     plot_sweep([out_dir / "sweep.json"], out_dir / "sweep.png", title=title)
-    print(f"{title}, {'bf16 autocast' if args.amp else 'fp32'}; images/s = model only, median of "
-          f"{args.repeats} passes")
+    print(f"{title}, {'bf16 autocast' if args.amp else 'fp32'}; images/s: model only, median of "
+          f"{args.repeats} timed passes")
     print(format_table(rows))
     print(f"wrote {out_dir / 'sweep.json'} and {out_dir / 'sweep.png'}")
     return 0
