@@ -14,7 +14,7 @@ from typing import Sequence
 from .errors import UsageError
 
 # Job modules that provide subcommands, in the order they appear in --help.
-COMMAND_MODULES = ["vitpss.core_demo", "vitpss.train", "vitpss.pretrain", "vitpss.sweep", "vitpss.plots"]
+COMMAND_MODULES = ["vitpss.core_demo", "vitpss.train", "vitpss.pretrain", "vitpss.sweep", "vitpss.plots", "vitpss.plan"]
 
 
 class _Parser(argparse.ArgumentParser):

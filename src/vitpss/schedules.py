@@ -35,12 +35,16 @@ def _check(name: str, value: float, ok: bool, allowed: str) -> None:
 
 
 def quantize(rate: np.ndarray | float, quantum: float) -> np.ndarray:
-    """Round keep rates half-up to multiples of ``quantum`` (0 = no rounding), never below one step."""
+    """Round keep rates half-up to multiples of ``quantum`` (0 = no rounding), never below one step.
+
+    Never above 1 either: where ``quantum`` does not divide 1 (0.4, 0.15), rates that would round
+    past 1 become 1 (all patches).
+    """
     rate = np.asarray(rate, dtype=np.float64)
     if quantum <= 0:
         return rate
     levels = np.floor(rate / quantum + 0.5 + _TIE_EPS)
-    return np.round(np.maximum(levels, 1.0) * quantum, 10)
+    return np.minimum(np.round(np.maximum(levels, 1.0) * quantum, 10), 1.0)
 
 
 @dataclass(frozen=True)

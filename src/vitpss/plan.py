@@ -1,0 +1,304 @@
+"""``vitpss plan``: what a keep-rate schedule will cost on a model, before training.
+
+For each keep rate of the grid: tokens, FLOPs per image of a training step (forward + backward,
+:class:`~vitpss.flops.FlopModel`) and the step time measured in a short calibration on the chosen
+device (:func:`~vitpss.timing.time_training_steps`, rates interleaved, medians). For the schedule:
+the mean keep rate, the compute fraction (FLOPs of its steps over the same steps with all patches)
+and the predicted time fraction (the same ratio of measured step times). ``--budget F`` instead
+solves for the schedule's free parameter (``low``; the rate of ``fixed``) so that the compute
+fraction is the largest one on the grid that does not exceed ``F``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .config import TrainConfig, field_types, from_dict, load_config, validate
+from .errors import UsageError
+from .flops import FlopModel
+from .samplers import keep_count
+from .schedules import KeepRateSchedule, build_schedule
+
+#: Up to this many grid rates the table lists each; finer grids (and quantum 0) show DISPLAY_RATES.
+MAX_ROWS = 12
+DISPLAY_RATES = (0.2, 0.4, 0.6, 0.8, 1.0)
+#: Up to this many distinct keep counts are each measured; beyond, step time is fitted (quadratic).
+MAX_MEASURED = 12
+#: TrainConfig fields that ``vitpss plan`` takes, as in ``vitpss train``.
+PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool",
+               "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
+               "cooldown_epochs", "period_steps", "epochs")
+SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
+
+
+# --------------------------------------------------------------------------- grid and shares
+
+
+def grid_rates(quantum: float) -> list[float]:
+    """Every keep rate a schedule with this ``quantum`` can produce (multiples of it, and 1); [] for 0."""
+    if quantum <= 0:
+        return []
+    steps = math.ceil(1.0 / quantum - 1e-9)
+    return sorted({round(min(k * quantum, 1.0), 10) for k in range(1, steps + 1)} | {1.0})
+
+
+def table_rates(quantum: float) -> list[float]:
+    """Rows of the plan table: the grid when it has at most MAX_ROWS rates, else DISPLAY_RATES."""
+    grid = grid_rates(quantum)
+    return grid if 0 < len(grid) <= MAX_ROWS else list(DISPLAY_RATES)
+
+
+def nearest_shares(rates: np.ndarray, rows: Sequence[float]) -> list[float]:
+    """Share of ``rates`` nearest to each row (exactly the share at each rate when rows are the grid)."""
+    values, counts = np.unique(np.asarray(rates, dtype=np.float64), return_counts=True)
+    nearest = np.abs(values[:, None] - np.asarray(rows)[None, :]).argmin(axis=1)
+    shares = np.bincount(nearest, weights=counts, minlength=len(rows)) / counts.sum()
+    return [float(s) for s in shares]
+
+
+# --------------------------------------------------------------------------- step time
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTimes:
+    """Seconds per training step as a function of the keep count (patch tokens kept).
+
+    Measured counts are used as measured; any other count comes from a least-squares quadratic in
+    the count through the measured points (a ViT's cost is quadratic in its tokens, as in
+    :class:`~vitpss.flops.FlopModel`).
+    """
+
+    num_patches: int
+    measured: dict[int, float]
+
+    def at_count(self, count: int) -> float:
+        if count in self.measured:
+            return self.measured[count]
+        counts = sorted(self.measured)
+        coef = np.polyfit(counts, [self.measured[c] for c in counts], min(2, len(counts) - 1))
+        return float(np.polyval(coef, count))
+
+    def at_rate(self, rate: float) -> float:
+        return self.at_count(keep_count(rate, self.num_patches))
+
+    def time_fraction(self, rates: np.ndarray) -> float:
+        """Predicted time of steps at ``rates`` over the same steps with all patches."""
+        values, counts = np.unique(np.asarray(rates, dtype=np.float64), return_counts=True)
+        total = sum(self.at_rate(float(v)) * int(c) for v, c in zip(values, counts))
+        return float(total / (self.at_count(self.num_patches) * int(counts.sum())))
+
+
+def calibration_counts(num_patches: int, rows: Sequence[float], schedule_rates: np.ndarray) -> list[int]:
+    """Keep counts to time: the rows' and the schedule's, or only the rows' when those are too many."""
+    row_counts = {keep_count(r, num_patches) for r in rows} | {num_patches}
+    needed = row_counts | {keep_count(float(r), num_patches) for r in np.unique(schedule_rates)}
+    return sorted(needed if len(needed) <= MAX_MEASURED else row_counts)
+
+
+def measure_step_times(model: nn.Module, counts: Sequence[int], *, batch_size: int, repeats: int, warmup: int,
+                       amp_dtype: Optional[torch.dtype]) -> StepTimes:
+    """Median training-step seconds at each keep count (interleaved, :func:`time_training_steps`)."""
+    from .timing import time_training_steps
+
+    num_patches = int(model.patch_embed.num_patches)
+    rates = {c: c / num_patches for c in counts}  # keep_count(c / N, N) == c
+    times = time_training_steps(model, list(rates.values()), batch_size=batch_size, repeats=repeats,
+                                warmup=warmup, amp_dtype=amp_dtype)
+    return StepTimes(num_patches, {c: times[r] for c, r in rates.items()})
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def budget_candidates(schedule: KeepRateSchedule, num_patches: int) -> np.ndarray:
+    """Values the free parameter ``low`` may take: multiples of the quantum (of one token for 0)."""
+    step = schedule.quantum if schedule.quantum > 0 else 1.0 / num_patches
+    top = 1.0 if schedule.name == "fixed" else min(schedule.high, 1.0)
+    return np.round(np.arange(1, math.floor(top / step + 1e-9) + 1) * step, 10)
+
+
+def solve_budget(schedule: KeepRateSchedule, flop_model: FlopModel, budget: float) -> KeepRateSchedule:
+    """``schedule`` with the largest grid ``low`` whose compute fraction does not exceed ``budget``.
+
+    The compute fraction never decreases as ``low`` grows, so a binary search over the grid
+    finds it. Raises UsageError when even the lowest grid value exceeds the budget.
+    """
+    if not 0 < budget <= 1:
+        raise UsageError(f"--budget={budget!r} is out of range: it must be in (0, 1]")
+    if schedule.name == "none":
+        raise UsageError("--budget needs a schedule with a free keep rate: use fixed, linear, cosine or cyclic")
+    candidates = budget_candidates(schedule, flop_model.num_patches)
+    if len(candidates) == 0:
+        raise UsageError(f"--high={schedule.high} is below the grid's lowest rate {schedule.quantum}: "
+                         f"raise --high or lower --quantum")
+
+    def fraction(i: int) -> float:
+        return flop_model.compute_fraction(dataclasses.replace(schedule, low=float(candidates[i])).rates())
+
+    lowest = fraction(0)
+    if lowest > budget:
+        raise UsageError(f"--budget={budget:g} is not reachable with this {schedule.name} schedule: the minimum "
+                         f"compute fraction is {lowest:.4f} (--low {candidates[0]:g}); raise the budget, lower "
+                         f"--high or --quantum, or shorten --cooldown-epochs")
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fraction(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return dataclasses.replace(schedule, low=float(candidates[lo]))
+
+
+def schedule_settings(schedule: KeepRateSchedule) -> dict[str, Any]:
+    """The schedule as ``vitpss train`` settings (config keys)."""
+    values = {"schedule": schedule.name, "low": schedule.low, "high": schedule.high, "quantum": schedule.quantum,
+              "cooldown_epochs": schedule.cooldown_epochs, "period_steps": schedule.period_steps}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def as_flags(settings: dict[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                    for k, v in settings.items())
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def build_plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSchedule:
+    try:
+        return build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=steps_per_epoch,
+                              epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
+                              period_steps=cfg.period_steps)
+    except ValueError as err:
+        raise UsageError(f"invalid schedule setting: {err}") from None
+
+
+def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float] = None, measure: bool = True,
+              baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """The plan of ``cfg``'s schedule over ``epochs x steps_per_epoch`` steps, as a JSON-ready dict."""
+    from .train import amp_settings, build_model, resolve_device
+
+    schedule = build_plan_schedule(cfg, steps_per_epoch)
+    device = resolve_device(cfg.device)
+    amp_dtype, _ = amp_settings(cfg.amp, device)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    flop_model = FlopModel(model)
+    budget_info = None
+    if budget is not None:
+        schedule = solve_budget(schedule, flop_model, budget)
+        settings = schedule_settings(schedule)
+        budget_info = {"target": budget, "low": schedule.low, "flags": as_flags(settings),
+                       "yaml": yaml.safe_dump(settings, sort_keys=False)}
+    rates = schedule.rates()
+    rows = table_rates(schedule.quantum)
+    n = flop_model.num_patches
+    times = None
+    if measure:
+        counts = calibration_counts(n, rows, rates)
+        times = measure_step_times(model, counts, batch_size=cfg.batch_size, repeats=repeats, warmup=warmup,
+                                   amp_dtype=amp_dtype)
+    time_fraction = times.time_fraction(rates) if times else None
+    compute_fraction = flop_model.compute_fraction(rates)
+    levels = [{"keep_rate": r, "tokens": flop_model.num_prefix_tokens + keep_count(r, n),
+               "gflops_per_image": flop_model.flops(r) / 1e9,
+               "step_time_s": times.at_rate(r) if times else None, "share": share}
+              for r, share in zip(rows, nearest_shares(rates, rows))]
+    hours_basis = time_fraction if time_fraction is not None else compute_fraction
+    return {
+        "model": cfg.model, "batch_size": cfg.batch_size, "device": str(device), "amp": cfg.amp,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None, "sampler": cfg.sampler,
+        "num_patches": n, "total_steps": schedule.total_steps,
+        "schedule": schedule.to_dict(), "levels": levels, "shares_nearest": rows != grid_rates(schedule.quantum),
+        "measured_tokens": sorted(flop_model.num_prefix_tokens + c for c in times.measured) if times else [],
+        "mean_keep_rate": schedule.mean_keep_rate(), "compute_fraction": compute_fraction,
+        "time_fraction": time_fraction, "baseline_hours": baseline_hours,
+        "predicted_hours": None if baseline_hours is None else baseline_hours * hours_basis,
+        "predicted_hours_from": None if baseline_hours is None else
+        ("time_fraction" if time_fraction is not None else "compute_fraction"),
+        "budget": budget_info,
+    }
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as the table and summary lines that ``vitpss plan`` prints."""
+    s = plan["schedule"]
+    where = f"{plan['device']}" + (f", {plan['threads']} threads" if plan["threads"] else "")
+    lines = [f"plan: {plan['model']}, batch {plan['batch_size']}, {where}, amp {plan['amp']}, sampler {plan['sampler']}",
+             f"schedule: {as_flags(schedule_settings(KeepRateSchedule(**s)))} over {s['epochs']} epochs x "
+             f"{s['steps_per_epoch']} steps",
+             "",
+             f"{'keep rate':>9} {'tokens':>6} {'GFLOPs/img':>10} {'step (ms)':>9} {'vs 1.0':>6} {'share':>6}"]
+    full = plan["levels"][-1]["step_time_s"]
+    for row in plan["levels"]:
+        t = row["step_time_s"]
+        ms, rel = (f"{t * 1e3:.1f}", f"{t / full:.2f}") if t is not None else ("-", "-")
+        lines.append(f"{row['keep_rate']:>9.2f} {row['tokens']:>6d} {row['gflops_per_image']:>10.4g} {ms:>9} "
+                     f"{rel:>6} {row['share']:>6.1%}")
+    if plan["shares_nearest"]:
+        lines.append("(share: steps whose keep rate is nearest to the row)")
+    tf = plan["time_fraction"]
+    lines += ["",
+              f"mean keep rate    {plan['mean_keep_rate']:.3f}",
+              f"compute fraction  {plan['compute_fraction']:.3f}  (training FLOPs over the same steps at keep rate 1)",
+              f"time fraction     " + (f"{tf:.3f}  (predicted from the measured step times)" if tf is not None
+                                       else "-  (not measured: --no-measure)")]
+    if plan["predicted_hours"] is not None:
+        lines.append(f"predicted hours   {plan['predicted_hours']:.2f} of {plan['baseline_hours']:g} "
+                     f"(from the {plan['predicted_hours_from'].replace('_', ' ')})")
+    if plan["budget"]:
+        b = plan["budget"]
+        lines += ["", f"budget {b['target']:g}: low = {b['low']:g}", f"  flags: {b['flags']}", "  yaml:"]
+        lines += ["    " + line for line in b["yaml"].splitlines()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plan", help="predict the compute and time of a schedule before training",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", metavar="FILE.yaml", help="a vitpss train config; flags override it")
+    types, fields = field_types(), {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in PLAN_FIELDS:
+        shown = "model's" if fields[name].default is None else fields[name].default
+        p.add_argument("--" + name.replace("_", "-"), type=types[name][0], default=argparse.SUPPRESS,
+                       metavar=name.upper(), help=f"{fields[name].metadata['help']} (default: {shown})")
+    p.add_argument("--steps-per-epoch", type=int, required=True, help="training steps per epoch (len(loader))")
+    p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this")
+    p.add_argument("--baseline-hours", type=float, help="hours of the same run with all patches")
+    p.add_argument("--no-measure", action="store_true", help="skip the step-time calibration (FLOPs only)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate (median; default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per keep rate first (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    given = {k: v for k, v in vars(args).items() if k in PLAN_FIELDS}
+    base = load_config(args.config) if args.config else TrainConfig()
+    cfg = validate(from_dict(given, base=base, source="command line"))
+    if args.steps_per_epoch < 1:
+        raise UsageError(f"--steps-per-epoch={args.steps_per_epoch} is out of range: it must be >= 1")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    if args.budget is not None and not 0 < args.budget <= 1:
+        raise UsageError(f"--budget={args.budget!r} is out of range: it must be in (0, 1]")
+    if args.baseline_hours is not None and args.baseline_hours <= 0:
+        raise UsageError(f"--baseline-hours={args.baseline_hours} is out of range: it must be > 0")
+    plan = make_plan(cfg, steps_per_epoch=args.steps_per_epoch, budget=args.budget, measure=not args.no_measure,
+                     baseline_hours=args.baseline_hours, repeats=args.repeats, warmup=args.warmup)
+    print(json.dumps(plan) if args.json else format_plan(plan), file=sys.stdout)
+    return 0
