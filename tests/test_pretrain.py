@@ -76,3 +76,39 @@ def test_bad_pretrain_settings_are_one_line_errors(flags, message, tmp_path, cap
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_fine_tunes_from_the_pretrain_run_with_layer_decay(run_dir, tmp_path, capsys):
+    from vitpss.train import train
+
+    cfg = validate(TrainConfig(**{**TINY, "epochs": 1}, output=str(tmp_path / "ft"), pretrained=str(run_dir),
+                               layer_decay=0.7, schedule="fixed", low=0.6))
+    summary = train(cfg)
+    out = capsys.readouterr().out
+    assert f"pretrained weights from {run_dir}: loaded" in out and "new: fc_norm.weight" in out
+    assert summary["epochs"] == 1 and (tmp_path / "ft" / "checkpoint.pt").is_file()
+    steps = [json.loads(line) for line in (tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["keep_rate"] == 0.6 for r in steps)
+
+
+def test_layer_decay_scales_the_stem_lowest_and_the_head_not_at_all():
+    from timm.optim import create_optimizer_v2
+
+    from vitpss.train import build_model
+
+    model = build_model(validate(TrainConfig(**TINY)))
+    groups = create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5).param_groups
+    scale = {n: g["lr_scale"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    assert scale["patch_embed.proj.weight"] == pytest.approx(0.5 ** 3)  # depth 2: 4 layer ids
+    assert scale["blocks.0.attn.qkv.weight"] == pytest.approx(0.5 ** 2)
+    assert scale["blocks.1.attn.qkv.weight"] == pytest.approx(0.5)
+    assert scale["head.weight"] == scale["fc_norm.weight"] == 1.0
+
+
+def test_pretrained_weights_of_another_model_are_a_one_line_error(run_dir, tmp_path, capsys):
+    args = ["train", "--model", "vitpss_tiny_mnist", "--data", "synthetic", "--synthetic-size", "16",
+            "--pretrained", str(run_dir), "--output", str(tmp_path / "run"), "--epochs", "1", "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pretrained weights do not fit VisionTransformer" in err and "missing from the file" in err
+    assert len(err.splitlines()) == 1

@@ -51,6 +51,8 @@ class TrainConfig:
     in_chans: int | None = _opt(None, "input channels (images are converted to this)")
     drop_path: float = _opt(0.0, "stochastic depth rate (DeiT: 0.1)")
     global_pool: str | None = _opt(None, "pooling: token, avg, max, avgmax, map or '' (none)")
+    pretrained: str | None = _opt(None, "initial weights: vitpss pretrain/train checkpoint or run dir, timm "
+                                        ".pth/.safetensors, or a SimMIM checkpoint (see README)")
     # Data.
     data: str = _opt("mnist5k", "mnist5k, synthetic, or an ImageFolder root with train/ and val/")
     synthetic_size: int = _opt(1024, "number of synthetic training images")
@@ -65,6 +67,7 @@ class TrainConfig:
     min_lr: float = _opt(1e-5, "final learning rate of the cosine decay")
     warmup_epochs: float = _opt(0.5, "linear LR warm-up length in epochs")
     weight_decay: float = _opt(0.05, "AdamW weight decay")
+    layer_decay: float | None = _opt(None, "layer-wise LR decay for fine-tuning, e.g. 0.65 (default: off)")
     label_smoothing: float = _opt(0.1, "label smoothing")
     mixup: float = _opt(0.0, "Mixup alpha (0 = off)")
     cutmix: float = _opt(0.0, "CutMix alpha (0 = off)")
@@ -195,6 +198,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "min_lr": (lambda v: 0 <= v < math.inf, ">= 0"),
     "warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "mixup": (lambda v: v >= 0, ">= 0"),
     "cutmix": (lambda v: v >= 0, ">= 0"),

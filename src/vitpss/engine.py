@@ -91,7 +91,7 @@ def train_one_epoch(
         loss_value = all_reduce_sum(loss.detach().float().clone()).item() / world
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(step, loss_value)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = max(group["lr"] for group in optimizer.param_groups)  # the unscaled LR under --layer-decay
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

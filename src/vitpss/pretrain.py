@@ -43,8 +43,9 @@ from .simmim import SimMIM, check_mask_geometry, default_mask_patch_size
 
 PRETRAIN_FORMAT = "vitpss.pretrain/1"
 #: Settings of a training config that have no meaning when pre-training (reported if given).
-CLASSIFICATION_ONLY = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps", "sampler",
-                       "mixup", "cutmix", "label_smoothing", "ema_decay", "num_classes", "global_pool", "resume")
+CLASSIFICATION_ONLY = ("pretrained", "layer_decay", "schedule", "low", "high", "quantum", "cooldown_epochs",
+                       "period_steps", "sampler", "mixup", "cutmix", "label_smoothing", "ema_decay", "num_classes",
+                       "global_pool", "resume")
 
 
 @dataclass(frozen=True)

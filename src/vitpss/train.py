@@ -51,6 +51,7 @@ from .engine import NonFiniteLossError, evaluate, sync, train_one_epoch
 from .errors import UsageError
 from .flops import FlopModel
 from .patching import attach, supported_families
+from .pretrained import load_pretrained
 from .schedules import build_schedule
 
 __all__ = ["build_model", "resolve_model_config", "load_checkpoint", "model_from_checkpoint", "train",
@@ -386,6 +387,10 @@ class Trainer:
         if cfg.sampler == "random":
             self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.d.rank)
         self.model = build_model(cfg, self.generator).to(self.device)
+        if cfg.pretrained and checkpoint is None:  # a resumed run restores its own weights
+            report = load_pretrained(self.model, cfg.pretrained)
+            if self.d.main:
+                print(f"pretrained weights from {cfg.pretrained}: {report.summary()}", flush=True)
         seed_everything(cfg.seed + self.d.rank)  # per-rank randomness (drop path, Mixup)
         self.train_loader = build_loader(train_ds, cfg, True, rank=self.d.rank, world_size=self.d.world_size,
                                          device=self.device)
@@ -395,7 +400,8 @@ class Trainer:
         self.schedule = build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=self.steps_per_epoch,
                                        epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
                                        period_steps=cfg.period_steps)
-        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             layer_decay=cfg.layer_decay)
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,
             warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch), warmup_lr_init=min(1e-6, cfg.lr), t_in_epochs=False)
