@@ -22,12 +22,7 @@ from .simmim import SimMIM
 def reconstruct(model: SimMIM, inputs: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mask (B, G, G), filled (B, C, H, W))``: masked blocks predicted, visible pixels kept."""
     model.eval()
-    generator = torch.Generator(inputs.device).manual_seed(seed)
-    saved, model.generator = model.generator, generator
-    try:
-        mask = model.random_mask(inputs.shape[0], inputs.device)
-    finally:
-        model.generator = saved
+    mask = model.random_mask(inputs.shape[0], inputs.device, torch.Generator(inputs.device).manual_seed(seed))
     _, reconstruction = model(inputs, mask)
     p = model.patch_size
     pixel_mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).bool()

@@ -120,19 +120,11 @@ def validation_loss(model: SimMIM, loader, device: torch.device, seed: int,
     for x, _ in loader:
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss, _ = model(x, _mask_with(model, x.shape[0], generator))
+            loss, _ = model(x, model.random_mask(x.shape[0], device, generator))
         totals += torch.stack([loss.double() * x.shape[0], torch.tensor(float(x.shape[0]), device=device).double()])
     model.train(was_training)
     loss_sum, count = all_reduce_sum(totals).tolist()
     return loss_sum / max(count, 1.0)
-
-
-def _mask_with(model: SimMIM, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    saved, model.generator = model.generator, generator
-    try:
-        return model.random_mask(batch_size, generator.device)
-    finally:
-        model.generator = saved
 
 
 def pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:

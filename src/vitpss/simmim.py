@@ -103,9 +103,11 @@ class SimMIM(nn.Module):
         """The encoder's patch embedding (so token counts and timing helpers see the patch grid)."""
         return self.encoder.patch_embed
 
-    def random_mask(self, batch_size: int, device: torch.device) -> torch.Tensor:
+    def random_mask(self, batch_size: int, device: torch.device,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A mask for ``batch_size`` images, drawn with ``generator`` (default: the model's)."""
         return random_patch_mask(batch_size, self.img_size, self.patch_size, self.mask_patch_size, self.mask_ratio,
-                                 generator=self.generator, device=device)
+                                 generator=generator if generator is not None else self.generator, device=device)
 
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         if mask is None:
