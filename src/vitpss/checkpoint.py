@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -140,23 +142,81 @@ def checkpoint_path(path: str | Path, default_name: str = "checkpoint.pt") -> Pa
     return path
 
 
+def verify_checkpoint_file(path: str | Path) -> None:
+    """Raise UsageError if ``path`` is not an intact ``torch.save`` zip archive.
+
+    Checks the CRC-32 of every record (``zipfile.ZipFile.testzip``): a truncated file or a flipped
+    bit anywhere, which ``torch.load`` would not notice inside tensor data, is reported as damaged.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise UsageError(f"checkpoint {path} is damaged (truncated or corrupted: {err})") from None
+    if bad is not None:
+        raise UsageError(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a vitpss training checkpoint (file or run directory) with ``weights_only=True``.
 
     Returns the dict written by ``vitpss train``: ``model`` (a plain timm state dict), ``config``
     (a plain dict of :class:`~vitpss.config.TrainConfig` fields), ``step``, ``epoch``,
     ``optimizer``, ``lr_scheduler``, ``scaler``, ``ema``, ``rng``, ``best_acc1`` and more.
-    Raises UsageError for files that are not such checkpoints.
+    Raises UsageError for damaged files (see :func:`verify_checkpoint_file`), files holding
+    Python objects other than tensors and plain values (never unpickled: that could run code),
+    and files that are not such checkpoints.
     """
     path = checkpoint_path(path)
+    verify_checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # unreadable, truncated, or holding non-tensor objects
+    except pickle.UnpicklingError:
+        raise UsageError(f"refusing to load {path}: it holds Python objects other than tensors and plain values, "
+                         f"and unpickling them could run code; vitpss checkpoints never do") from None
+    except Exception as err:  # unreadable despite intact records
         raise UsageError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a vitpss training checkpoint (no '{CHECKPOINT_FORMAT}' format tag); "
                          f"vitpss eval/--resume need a checkpoint.pt or best.pt written by vitpss train")
     return ckpt
+
+
+#: Checkpoints of a run directory that ``--resume DIR`` considers, newest first (best.pt is a copy
+#: of an earlier or the same checkpoint.pt).
+RESUME_CANDIDATES = ("checkpoint.pt", "best.pt")
+
+
+def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """``(file, checkpoint)`` to resume from: ``path`` itself if a file, else the run directory's newest valid one.
+
+    In a directory, damaged or unreadable candidates (:data:`RESUME_CANDIDATES`) are skipped and
+    each is named through ``warn``; the one with the highest step among the valid ones wins. A
+    damaged file named explicitly is an error that points to the directory fallback.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        try:
+            return checkpoint_path(path), load_checkpoint(path)
+        except UsageError as err:
+            others = [path.parent / n for n in RESUME_CANDIDATES if (path.parent / n).is_file() and n != path.name]
+            hint = f"; resume from the run directory ({path.parent}) to fall back to {others[0].name}" if others else ""
+            raise UsageError(f"{err}{hint}") from None
+    found, problems = [], []
+    for name in RESUME_CANDIDATES:
+        candidate = path / name
+        if not candidate.is_file():
+            continue
+        try:
+            found.append((candidate, load_checkpoint(candidate)))
+        except UsageError as err:
+            problems.append(str(err))
+            if warn is not None:
+                warn(f"{err}; skipping it")
+    if not found:
+        detail = "; ".join(problems) if problems else f"it holds none of {', '.join(RESUME_CANDIDATES)}"
+        raise UsageError(f"no valid checkpoint to resume in {path}: {detail}")
+    return max(found, key=lambda pair: pair[1].get("step", -1))  # first (checkpoint.pt) wins a tie
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

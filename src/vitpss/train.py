@@ -40,7 +40,8 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (
     CHECKPOINT_FORMAT, JsonlWriter, RUN_FILES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
-    checkpoint_path, clear_run_files, load_checkpoint, load_model_state, rng_state, set_rng_state, truncate_jsonl,
+    checkpoint_path, clear_run_files, find_resume_checkpoint, load_checkpoint, load_model_state, rng_state,
+    set_rng_state, truncate_jsonl,
 )
 from .config import (
     DEFAULT_MODEL, RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, field_names, field_types, from_dict,
@@ -174,10 +175,14 @@ def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, 
     """The config of the run to resume (from its checkpoint) with run-control ``overrides`` applied.
 
     Only :data:`~vitpss.config.RESUME_OVERRIDABLE` fields may differ; ``max_steps`` is not
-    inherited. The output directory defaults to the checkpoint's directory.
+    inherited. The output directory defaults to the checkpoint's directory. A run directory
+    resumes from its newest valid checkpoint; damaged ones are named on stderr (rank 0).
     """
-    path = checkpoint_path(resume)
-    ckpt = load_checkpoint(path)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    warn = (lambda message: print(f"vitpss: warning: {message}", file=sys.stderr, flush=True)) if main_rank else None
+    path, ckpt = find_resume_checkpoint(resume, warn)
+    if main_rank:
+        print(f"resuming from {path} (step {ckpt['step']})", flush=True)
     saved = ckpt["config"]
     changed = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and v != saved.get(k))
     if changed:
