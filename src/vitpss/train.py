@@ -325,6 +325,30 @@ def amp_settings(amp: str, device: torch.device) -> tuple[Optional[torch.dtype],
     return torch.bfloat16, None
 
 
+#: Most graphs ``--compile`` allows (one per distinct keep rate); beyond, torch's recompile limit applies.
+MAX_COMPILED_RATES = 32
+
+
+def compile_for_schedule(net: nn.Module, schedule, *, warn: bool = True, backend: str = "inductor") -> nn.Module:
+    """``torch.compile(net, dynamic=False)``: one static graph per distinct keep rate of ``schedule``.
+
+    Dynamo specialises on the keep rate, so each distinct rate compiles once and later steps at it
+    reuse its graph (``dynamic=False`` skips a symbolic trace that dynamo would throw away). The
+    recompile limit is raised to the number of rates, up to MAX_COMPILED_RATES; more rates (e.g.
+    ``--quantum 0``: every new rate is a new token count) print a warning: past torch's limit the
+    remaining rates run uncompiled.
+    """
+    rates = len(np.unique(schedule.rates()))
+    limit = torch._dynamo.config.recompile_limit
+    if rates <= MAX_COMPILED_RATES:
+        torch._dynamo.config.recompile_limit = max(limit, rates)
+    elif warn:
+        print(f"vitpss: warning: --compile compiles one graph per keep rate and this schedule has {rates} "
+              f"distinct rates (--quantum {schedule.quantum:g}); after {limit} graphs the other rates run "
+              f"uncompiled. Use --quantum 0.2 (5 rates) with --compile", file=sys.stderr)
+    return torch.compile(net, dynamic=False, backend=backend)
+
+
 def _holds_run(directory: Path) -> bool:
     return any((directory / name).exists() for name in RUN_FILES)
 
@@ -427,7 +451,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
-            self.net = torch.compile(self.net)
+            self.net = compile_for_schedule(self.net, self.schedule, warn=self.d.main)
 
     # ---- checkpoints
 

@@ -1,0 +1,114 @@
+"""torch.compile with patch sampling: one graph per grid keep rate, and the same numbers as eager.
+
+Dynamo guards on the sampler's keep rate, so with ``dynamic=False`` (what ``vitpss train --compile``
+uses) every distinct rate is one specialised graph. On the quantum grid the number of graphs is
+bounded by the number of grid rates; revisiting a rate reuses its graph. ``--quantum 0`` makes
+every new rate a new compilation. (Under torch's default automatic-dynamic setting the count
+depends on the backend: we saw 3 graphs for 5 rates with ``eager``, and 5 with ``inductor``,
+each traced symbolically first and then specialised again; see README "torch.compile".)
+"""
+
+import copy
+import json
+
+import pytest
+import timm
+import torch
+from torch._dynamo.utils import counters
+
+import vitpss
+from vitpss.cli import main
+from vitpss.train import MAX_COMPILED_RATES, compile_for_schedule
+
+from train_helpers import tiny_run
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2,
+                              num_heads=2, num_classes=10)
+    return vitpss.attach(model, sampler="magnitude")
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+
+
+def train_step(net: torch.nn.Module, model: torch.nn.Module, rate: float) -> torch.Tensor:
+    x, y = batch()
+    vitpss.set_keep_rate(model, rate)
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    return loss.detach()
+
+
+@pytest.fixture
+def fresh_dynamo():
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = limit
+
+
+def test_static_compile_compiles_once_per_grid_rate_of_a_cyclic_schedule(fresh_dynamo):
+    schedule = vitpss.build_schedule("cyclic", low=0.2, high=1.0, quantum=0.2, steps_per_epoch=10, epochs=2)
+    model = tiny_model().train()
+    net = torch.compile(model, backend="eager", dynamic=False)  # dynamo alone decides the graphs
+    for step in range(schedule.total_steps):  # every rate is visited in both epochs
+        train_step(net, model, schedule(step))
+    assert len(schedule.levels()) == 5
+    assert fresh_dynamo["stats"]["unique_graphs"] == 5
+    assert fresh_dynamo["frames"]["ok"] == 5
+
+
+@pytest.mark.slow
+def test_inductor_compiled_steps_match_eager_and_reuse_graphs(fresh_dynamo):
+    eager = tiny_model().train()
+    model = copy.deepcopy(eager)
+    net = torch.compile(model, dynamic=False)
+    for rate in (1.0, 0.4, 1.0, 0.4):
+        expected, got = train_step(eager, eager, rate), train_step(net, model, rate)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert fresh_dynamo["stats"]["unique_graphs"] == 2
+
+
+def test_compile_for_schedule_gives_every_rate_of_a_fine_grid_its_graph(fresh_dynamo):
+    # quantum 0.1: 10 rates, more than torch's default recompile limit of 8
+    schedule = vitpss.build_schedule("linear", low=0.1, high=1.0, quantum=0.1, steps_per_epoch=10, epochs=1)
+    model = tiny_model().train()
+    net = compile_for_schedule(model, schedule, backend="eager")
+    for step in range(schedule.total_steps):
+        train_step(net, model, schedule(step))
+    assert len(schedule.levels()) == 10 > 8
+    assert fresh_dynamo["stats"]["unique_graphs"] == 10
+
+
+def test_compile_for_schedule_warns_when_quantum_0_gives_too_many_rates(fresh_dynamo, capsys):
+    schedule = vitpss.build_schedule("linear", low=0.1, high=1.0, quantum=0.0, steps_per_epoch=100, epochs=1)
+    compile_for_schedule(tiny_model(), schedule)
+    err = capsys.readouterr().err
+    assert "100 distinct rates" in err and "--quantum 0.2" in err
+    assert len(schedule.levels()) > MAX_COMPILED_RATES
+
+
+def train_losses(run_dir) -> list[tuple[float, float]]:
+    records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [(r["keep_rate"], r["loss"]) for r in records]
+
+
+@pytest.mark.slow
+def test_train_compile_runs_one_graph_per_rate_and_matches_eager(tmp_path, fresh_dynamo, monkeypatch):
+    compile_fn = torch.compile  # inductor would take minutes on a shared CPU: same graphs, cheaper backend
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: compile_fn(net, **{**kw, "backend": "aot_eager"}))
+    flags = ["--synthetic-size", "80", "--drop-path", "0", "--schedule", "cyclic", "--quantum", "0.2"]
+    assert main(tiny_run(tmp_path / "eager", *flags, epochs=1)) == 0
+    assert main(tiny_run(tmp_path / "compiled", *flags, "--compile", epochs=1)) == 0
+    eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert [r for r, _ in compiled] == [r for r, _ in eager]
+    assert [loss for _, loss in compiled] == pytest.approx([loss for _, loss in eager], rel=1e-4, abs=1e-5)
+    assert fresh_dynamo["stats"]["unique_graphs"] == len({r for r, _ in eager}) == 5
