@@ -21,6 +21,7 @@ model (whose ``norm`` is the identity).
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import sys
@@ -60,13 +61,29 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def data_only_globals() -> list[Any]:
+    """Classes that only carry data, allowed when unpickling foreign checkpoints (see :func:`read_checkpoint`)."""
+    import argparse
+
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    allowed: list[Any] = [argparse.Namespace, np.ndarray, np.dtype]
+    allowed += [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint32,
+                                            np.uint8, np.bool_)]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # NumPy 1 and 2 names in old pickles
+        allowed += [(core.multiarray._reconstruct, f"{module}._reconstruct"), (core.multiarray.scalar, f"{module}.scalar")]
+    return allowed
+
+
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     """The object stored in ``path`` (``.safetensors`` or a ``torch.save`` file), on the CPU.
 
     A run directory stands for its ``checkpoint.pt``.
-    ``torch.save`` files are read with ``weights_only=True`` first; a file that holds other
-    Python objects (our training checkpoints store the config and RNG states) is read in full,
-    as the user named it explicitly.
+    ``torch.save`` files are read with ``weights_only=True``: tensors, plain values and the
+    data-only classes of :func:`data_only_globals` (NumPy arrays and RNG states, ``argparse``
+    options, as other projects' checkpoints carry). A file that needs any other class is refused,
+    since unpickling it could run code.
     """
     path = Path(path)
     if path.is_dir() and (path / "checkpoint.pt").is_file():
@@ -78,12 +95,21 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
 
         return load_file(str(path), device="cpu")
     try:
-        try:
+        with torch.serialization.safe_globals(data_only_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            return torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        names = []
+        with contextlib.suppress(Exception):  # only zip-format files can be inspected
+            allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in data_only_globals()}
+            names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed]
+        if names:
+            raise UsageError(f"refusing to load pretrained file {path}: it holds Python objects "
+                             f"({', '.join(names[:3])}) that unpickling could use to run code; save a plain "
+                             f"state dict (torch.save(model.state_dict(), ...)) or a .safetensors file") from None
+        raise UsageError(f"cannot read pretrained file {path}: {str(err).splitlines()[0]}") from None
     except Exception as err:  # not a checkpoint at all
-        raise UsageError(f"cannot read pretrained file {path}: {type(err).__name__}: {err}") from None
+        raise UsageError(f"cannot read pretrained file {path}: {type(err).__name__}: "
+                         f"{(str(err).splitlines() or [''])[0]}") from None
 
 
 def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
