@@ -61,7 +61,7 @@ class TrainConfig:
     hflip: float | None = _opt(None, "horizontal flip probability (default 0 for mnist5k, else 0.5)")
     workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
     # Recipe.
-    epochs: int = _opt(5, "training epochs")
+    epochs: int = _opt(30, "training epochs")
     batch_size: int = _opt(32, "images per step and per process")
     lr: float = _opt(2e-3, "peak learning rate (AdamW)")
     min_lr: float = _opt(1e-5, "final learning rate of the cosine decay")
@@ -88,6 +88,8 @@ class TrainConfig:
     resume: str | None = _opt(None, "resume a run from its directory or checkpoint file")
     overwrite: bool = _opt(False, "replace the run files in an output directory holding another run")
     device: str = _opt("auto", "device: " + DEVICE_HINT)
+    threads: int | None = _opt(None, "CPU threads per process (default: torch's; 1 is fastest for small models "
+                                     "on shared cores)")
     save_every_steps: int = _opt(0, "also write checkpoint.pt every N steps (0 = at epoch ends only)")
     max_steps: int | None = _opt(None, "stop (with a checkpoint) after this global step, as if interrupted")
     compile: bool = _opt(False, "wrap the model with torch.compile")
@@ -95,7 +97,7 @@ class TrainConfig:
 
 
 #: Fields a resumed run may change (they do not alter the computation); all others come from the checkpoint.
-RESUME_OVERRIDABLE = frozenset({"resume", "device", "workers", "save_every_steps", "max_steps", "quiet", "output", "data"})
+RESUME_OVERRIDABLE = frozenset({"resume", "device", "threads", "workers", "save_every_steps", "max_steps", "quiet", "output", "data"})
 
 
 def field_names() -> list[str]:
@@ -192,6 +194,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "num_classes": (lambda v: v >= 2, ">= 2"),
     "hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "workers": (lambda v: v >= 0, ">= 0"),
+    "threads": (lambda v: v >= 1, ">= 1"),
     "epochs": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "lr": (lambda v: 0 < v < math.inf, "> 0"),

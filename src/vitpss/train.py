@@ -636,7 +636,9 @@ def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> Opti
     if cfg.resume and checkpoint is None:
         cfg, checkpoint, _ = resume_config(cfg.resume, {})
     owns_group = not (dist.is_available() and dist.is_initialized())
-    trainer = None
+    trainer, threads = None, torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
         trainer = Trainer(cfg, checkpoint)
         trainer.open_logs(resuming=checkpoint is not None)
@@ -646,6 +648,7 @@ def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> Opti
             return None
         return trainer.run()
     finally:
+        torch.set_num_threads(threads)
         if trainer is not None:
             trainer.close_logs()
         if owns_group and dist.is_available() and dist.is_initialized():
