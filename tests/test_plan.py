@@ -47,6 +47,7 @@ def test_plan_json_reports_mean_keep_rate_and_compute_fraction_of_the_schedule(c
     assert plan["mean_keep_rate"] == pytest.approx(schedule.mean_keep_rate())
     assert plan["compute_fraction"] == pytest.approx(tiny_flop_model().compute_fraction(schedule.rates()), rel=1e-6)
     assert plan["time_fraction"] is None
+    assert plan["distinct_rates"] == len(schedule.levels()) == 5
     assert [row["keep_rate"] for row in plan["levels"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert sum(row["share"] for row in plan["levels"]) == pytest.approx(1.0)
     assert [row["share"] for row in plan["levels"]] == pytest.approx(list(schedule.levels().values()))

@@ -222,6 +222,7 @@ def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float]
         "num_patches": n, "total_steps": schedule.total_steps,
         "schedule": schedule.to_dict(), "levels": levels, "shares_nearest": rows != grid_rates(schedule.quantum),
         "measured_tokens": sorted(flop_model.num_prefix_tokens + c for c in times.measured) if times else [],
+        "distinct_rates": int(len(np.unique(rates))),
         "mean_keep_rate": schedule.mean_keep_rate(), "compute_fraction": compute_fraction,
         "time_fraction": time_fraction, "baseline_hours": baseline_hours,
         "predicted_hours": None if baseline_hours is None else baseline_hours * hours_basis,
@@ -254,6 +255,7 @@ def format_plan(plan: dict[str, Any]) -> str:
               f"compute fraction  {plan['compute_fraction']:.3f}  (training FLOPs over the same steps at keep rate 1)",
               f"time fraction     " + (f"{tf:.3f}  (predicted from the measured step times)" if tf is not None
                                        else "-  (not measured: --no-measure)")]
+    lines.append(f"distinct rates    {plan['distinct_rates']}  (= graphs that vitpss train --compile builds)")
     if plan["predicted_hours"] is not None:
         lines.append(f"predicted hours   {plan['predicted_hours']:.2f} of {plan['baseline_hours']:g} "
                      f"(from the {plan['predicted_hours_from'].replace('_', ' ')})")
