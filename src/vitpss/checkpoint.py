@@ -237,6 +237,15 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state)
 
 
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete temporary files that writes killed mid-way left in a run directory; returns them."""
+    stale = [t for name in RUN_FILES for t in Path(directory).glob(f".{name}.*.tmp")]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return stale
+
+
 def clear_run_files(directory: str | Path, names: Iterable[str] = RUN_FILES) -> None:
     """Delete a previous run's files (only the run-directory contract files) from ``directory``."""
     for name in names:

@@ -40,8 +40,8 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (
     CHECKPOINT_FORMAT, JsonlWriter, RUN_FILES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
-    checkpoint_path, clear_run_files, find_resume_checkpoint, load_checkpoint, load_model_state, rng_state,
-    set_rng_state, truncate_jsonl,
+    RESUME_CANDIDATES, checkpoint_path, clear_run_files, find_resume_checkpoint, load_checkpoint, load_model_state,
+    remove_stale_temporaries, rng_state, set_rng_state, truncate_jsonl,
 )
 from .config import (
     DEFAULT_MODEL, RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, field_names, field_types, from_dict,
@@ -171,25 +171,39 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
-def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path]:
+def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Optional[dict[str, Any]], Path]:
     """The config of the run to resume (from its checkpoint) with run-control ``overrides`` applied.
 
     Only :data:`~vitpss.config.RESUME_OVERRIDABLE` fields may differ; ``max_steps`` is not
     inherited. The output directory defaults to the checkpoint's directory. A run directory
-    resumes from its newest valid checkpoint; damaged ones are named on stderr (rank 0).
+    resumes from its newest valid checkpoint; damaged ones are named on stderr (rank 0). A run
+    directory without any checkpoint yet (killed during its first step) restarts from step 0 with
+    its ``config.yaml``; the checkpoint returned is then None.
     """
     main_rank = os.environ.get("RANK", "0") == "0"
     warn = (lambda message: print(f"vitpss: warning: {message}", file=sys.stderr, flush=True)) if main_rank else None
-    path, ckpt = find_resume_checkpoint(resume, warn)
-    if main_rank:
-        print(f"resuming from {path} (step {ckpt['step']})", flush=True)
-    saved = ckpt["config"]
+    directory = Path(resume)
+    if main_rank and directory.is_dir():
+        remove_stale_temporaries(directory)
+    ckpt: Optional[dict[str, Any]] = None
+    if (directory.is_dir() and (directory / "config.yaml").is_file()
+            and not any((directory / name).is_file() for name in RESUME_CANDIDATES)):
+        path = directory / "config.yaml"
+        saved = config_to_dict(load_config(path))
+        if main_rank:
+            print(f"no checkpoint in {directory} yet: restarting the run from step 0 with {path}", flush=True)
+    else:
+        path, ckpt = find_resume_checkpoint(resume, warn)
+        saved = ckpt["config"]
+        if main_rank:
+            print(f"resuming from {path} (step {ckpt['step']})", flush=True)
     changed = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and v != saved.get(k))
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise UsageError(f"{flags} cannot change when resuming: a resumed run keeps its saved config "
                          f"(allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_OVERRIDABLE))})")
-    values = {**saved, "max_steps": None, "overwrite": False, **overrides, "resume": str(path)}
+    values = {**saved, "max_steps": None, "overwrite": ckpt is None, **overrides,
+              "resume": None if ckpt is None else str(path)}
     values.setdefault("output", None)
     if "output" not in overrides:
         values["output"] = str(path.parent)
@@ -508,6 +522,10 @@ class Trainer:
             step, epoch = self.state.step, self.state.step // self.steps_per_epoch
             truncate_jsonl(self.out / "train_log.jsonl", lambda r: r.get("step", -1) < step)
             truncate_jsonl(self.out / "val_log.jsonl", lambda r: r.get("epoch", -1) < epoch)
+            st, source = self.state, Path(self.cfg.resume or "")
+            if (self.cfg.resume and st.best_epoch >= 0 and step == (st.best_epoch + 1) * self.steps_per_epoch
+                    and source.name != "best.pt"):
+                atomic_copy(source, self.out / "best.pt")  # redo the copy to best.pt that a crash may have cut
         self.train_log = JsonlWriter(self.out / "train_log.jsonl")
         self.val_log = JsonlWriter(self.out / "val_log.jsonl")
 
@@ -643,6 +661,8 @@ def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> Opti
         trainer = Trainer(cfg, checkpoint)
         trainer.open_logs(resuming=checkpoint is not None)
         if trainer.state.step >= trainer.schedule.total_steps:
+            if not (trainer.out / "summary.json").exists():  # killed after its last checkpoint
+                return trainer.finish()
             if trainer.d.main:
                 print(f"nothing to do: the run in {trainer.out} finished at step {trainer.state.step}")
             return None

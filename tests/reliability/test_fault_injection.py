@@ -1,0 +1,67 @@
+"""Crash safety: SIGKILL a training run at random points, resume it, and compare bit for bit.
+
+Kill points are events of the uninterrupted run (see ``faulty_vitpss.py``), drawn with a fixed
+seed (``VITPSS_FAULT_SEED`` draws others) so that a failure reproduces. Each killed run is resumed
+with ``vitpss train --resume DIR`` only; the run that finally completes must hold the same weights,
+EMA and optimizer state as the uninterrupted run, and its logs every step and epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from conftest import (
+    EPOCHS, STEPS_PER_EPOCH, TINY_RUN, assert_bitwise_equal, run_vitpss, step_losses, train_state,
+    val_accuracies,
+)
+
+from vitpss.checkpoint import read_jsonl
+
+TOTAL = STEPS_PER_EPOCH * EPOCHS
+EPOCH_ENDS = range(STEPS_PER_EPOCH, TOTAL + 1, STEPS_PER_EPOCH)
+#: Order of the phases among events that happen with the same number of logged steps.
+ORDER = ("eval", "save", "replace", "copy", "summary", "forward", "optimizer")
+#: Every kill point of the run, by kind: (phase, logged steps when it happens).
+EVENTS = {
+    "inside a step": [(p, t) for p in ("forward", "optimizer") for t in range(TOTAL)],
+    "during evaluation": [("eval", t) for t in EPOCH_ENDS],
+    "during a checkpoint write": [(p, t) for p in ("save", "replace") for t in range(1, TOTAL + 1)]
+                                 + [("copy", STEPS_PER_EPOCH)],  # best.pt: first epoch (acc may stay flat later)
+}
+
+
+def draw_kill_points(seed: int, count: int = 5) -> list[tuple[str, int]]:
+    """``count`` distinct kill points, at least one of each kind, in the order they happen."""
+    rng = random.Random(seed)
+    points = [rng.choice(events) for events in EVENTS.values()]
+    pool = [e for events in EVENTS.values() for e in events if e not in points]
+    points += rng.sample(pool, count - len(points))
+    return sorted(points, key=lambda e: (e[1], ORDER.index(e[0])))
+
+
+def assert_completed_like_reference(run_dir, reference_run) -> None:
+    assert_bitwise_equal(train_state(run_dir), train_state(reference_run))
+    assert [s for s, _ in step_losses(run_dir)] == list(range(TOTAL))  # each step once: no gap, no duplicate
+    assert step_losses(run_dir) == step_losses(reference_run)  # and the same loss, bit for bit
+    assert val_accuracies(run_dir) == val_accuracies(reference_run)
+    assert (run_dir / "summary.json").is_file()
+    assert not list(run_dir.glob(".*.tmp")), "temporary files of killed writes are left behind"
+
+
+@pytest.mark.slow
+def test_runs_killed_at_five_random_points_resume_bitwise_identically(tmp_path, reference_run):
+    seed = int(os.environ.get("VITPSS_FAULT_SEED", "2208"))
+    points = draw_kill_points(seed)
+    run_dir = tmp_path / "run"
+    args = ["train", "--output", str(run_dir), *TINY_RUN]
+    for phase, at in points:
+        result = run_vitpss(args, fault=f"{phase}:{at}", run_dir=run_dir)
+        assert result.returncode == -9, f"kill point {phase}:{at} (seed {seed}) was never reached:\n{result.stderr}"
+        args = ["train", "--resume", str(run_dir)]
+    result = run_vitpss(args)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {run_dir}" in result.stdout
+    assert_completed_like_reference(run_dir, reference_run)
+    assert [r["epoch"] for r in read_jsonl(run_dir / "val_log.jsonl")] == list(range(EPOCHS))
