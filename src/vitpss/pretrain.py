@@ -129,6 +129,16 @@ def validation_loss(model: SimMIM, loader, device: torch.device, seed: int,
 
 def pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     """Run a whole SimMIM pre-training job (single process or under torchrun); returns the summary."""
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _pretrain(cfg, mask)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     from .train import amp_settings, prepare_output, resolve_model_config, seed_everything, setup_distributed
 
     d, device = setup_distributed(cfg.device)
