@@ -8,6 +8,7 @@ EMA and optimizer state as the uninterrupted run, and its logs every step and ep
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -50,18 +51,36 @@ def assert_completed_like_reference(run_dir, reference_run) -> None:
     assert not list(run_dir.glob(".*.tmp")), "temporary files of killed writes are left behind"
 
 
+def kill_and_resume(run_dir, points: list[tuple[str, int]]) -> str:
+    """Start the run, SIGKILL it at each point in turn (resuming in between), then resume to the end."""
+    args = ["train", "--output", str(run_dir), *TINY_RUN]
+    for phase, at in points:
+        result = run_vitpss(args, fault=f"{phase}:{at}", run_dir=run_dir)
+        assert result.returncode == -9, f"kill point {phase}:{at} was never reached:\n{result.stderr}"
+        args = ["train", "--resume", str(run_dir)]
+    result = run_vitpss(args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.mark.slow
 def test_runs_killed_at_five_random_points_resume_bitwise_identically(tmp_path, reference_run):
     seed = int(os.environ.get("VITPSS_FAULT_SEED", "2208"))
     points = draw_kill_points(seed)
     run_dir = tmp_path / "run"
-    args = ["train", "--output", str(run_dir), *TINY_RUN]
-    for phase, at in points:
-        result = run_vitpss(args, fault=f"{phase}:{at}", run_dir=run_dir)
-        assert result.returncode == -9, f"kill point {phase}:{at} (seed {seed}) was never reached:\n{result.stderr}"
-        args = ["train", "--resume", str(run_dir)]
-    result = run_vitpss(args)
-    assert result.returncode == 0, result.stderr
-    assert f"resuming from {run_dir}" in result.stdout
+    stdout = kill_and_resume(run_dir, points)
+    assert f"resuming from {run_dir}" in stdout, f"seed {seed}: {points}"
     assert_completed_like_reference(run_dir, reference_run)
     assert [r["epoch"] for r in read_jsonl(run_dir / "val_log.jsonl")] == list(range(EPOCHS))
+
+
+@pytest.mark.slow
+def test_kills_while_copying_best_and_writing_the_summary_leave_the_same_run_files(tmp_path, reference_run):
+    run_dir = tmp_path / "run"
+    best_epoch_end = (json.loads((reference_run / "summary.json").read_text())["best_epoch"] + 1) * STEPS_PER_EPOCH
+    kill_and_resume(run_dir, [("copy", best_epoch_end), ("summary", TOTAL)])  # the last copy to best.pt
+    assert_completed_like_reference(run_dir, reference_run)
+    assert_bitwise_equal(train_state(run_dir, "best.pt"), train_state(reference_run, "best.pt"))
+    summary, expected = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference_run))
+    timing = {"train_time_s", "images_per_s"}
+    assert {k: v for k, v in summary.items() if k not in timing} == {k: v for k, v in expected.items() if k not in timing}
