@@ -29,6 +29,7 @@ from .schedules import SCHEDULES, build_schedule
 DEFAULT_MODEL = "vitpss_tiny_mnist"
 AMP_CHOICES = ("off", "auto", "bf16", "fp16")
 AUGMENT_CHOICES = ("none", "light", "randaug")
+BAD_IMAGE_CHOICES = ("skip", "error")
 GLOBAL_POOL_CHOICES = ("token", "avg", "max", "avgmax", "map", "")
 DEVICE_HINT = "auto, cpu, cuda or cuda:N"
 
@@ -60,6 +61,8 @@ class TrainConfig:
     augment: str = _opt("light", "training augmentation of real data: none, light, randaug (DeiT)")
     hflip: float | None = _opt(None, "horizontal flip probability (default 0 for mnist5k, else 0.5)")
     workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
+    on_bad_image: str = _opt("skip", "an ImageFolder file that cannot be read: skip (warn, count, use the next image) "
+                                     "or error (stop, naming it)")
     # Recipe.
     epochs: int = _opt(30, "training epochs")
     batch_size: int = _opt(32, "images per step and per process")
@@ -97,7 +100,8 @@ class TrainConfig:
 
 
 #: Fields a resumed run may change (they do not alter the computation); all others come from the checkpoint.
-RESUME_OVERRIDABLE = frozenset({"resume", "device", "threads", "workers", "save_every_steps", "max_steps", "quiet", "output", "data"})
+RESUME_OVERRIDABLE = frozenset({"resume", "device", "threads", "workers", "save_every_steps", "max_steps", "quiet", "output", "data",
+                                "on_bad_image"})
 
 
 def field_names() -> list[str]:
@@ -217,6 +221,7 @@ _CHOICES: dict[str, typing.Sequence[str]] = {
     "global_pool": GLOBAL_POOL_CHOICES,
     "schedule": SCHEDULES,
     "sampler": tuple(SAMPLERS),
+    "on_bad_image": BAD_IMAGE_CHOICES,
 }
 
 

@@ -23,6 +23,8 @@ import gzip
 import importlib.util
 import os
 import random
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -52,7 +54,15 @@ def data_kind(data: str) -> str:
 
 
 def to_channels(img: Image.Image, in_chans: int) -> Image.Image:
-    """Convert any Pillow image (L, P, RGBA, I;16, CMYK, ...) to 1-channel ``L`` or ``RGB``."""
+    """Convert any Pillow image (L, P, RGBA, I;16, CMYK, ...) to 1-channel ``L`` or ``RGB``.
+
+    Wide single-channel modes keep their range: 16-bit (``I;16*``, ``I``) is scaled by 1/256 and
+    float (``F``) from [0, 1] (or [0, 255] when its maximum exceeds 1) to 8 bits.
+    """
+    if img.mode.startswith("I") or img.mode == "F":
+        pixels = np.asarray(img, dtype=np.float64)
+        scale = 1 / 256 if img.mode != "F" else (255.0 if pixels.size and pixels.max() <= 1 else 1.0)
+        img = Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P" or "A" in img.getbands():
         img = img.convert("RGBA").convert("RGB")
     return img.convert("L" if in_chans == 1 else "RGB")
@@ -85,22 +95,52 @@ class ArrayImages(Dataset):
 
 
 class FolderImages(Dataset):
-    """``(path, label)`` samples read with Pillow; an unreadable file raises UsageError naming it."""
+    """``(path, label)`` samples read with Pillow and converted to ``in_chans`` channels.
 
-    def __init__(self, samples: Sequence[tuple[str, int]], in_chans: int) -> None:
-        self.samples, self.in_chans = list(samples), in_chans
+    A bad image is a file Pillow cannot read: empty, truncated, not an image, unreadable, or with
+    more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression-bomb guard, checked from the
+    header before decoding). With ``on_bad_image="error"`` it raises UsageError naming the file.
+    With ``"skip"`` the next readable sample (in index order, wrapping around) is served in its
+    place with that sample's label, so batches stay full and a resumed run sees the same data;
+    the file is named in one warning on stderr with the number of bad files met so far. The flags
+    live in shared memory, so DataLoader workers share them (:meth:`bad_images`).
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], in_chans: int, on_bad_image: str = "skip") -> None:
+        self.samples, self.in_chans, self.on_bad_image = list(samples), in_chans, on_bad_image
+        self.bad = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as img:
+    def bad_images(self) -> list[str]:
+        """Paths of the bad images met so far (by any worker)."""
+        return [self.samples[i][0] for i in self.bad.nonzero().flatten().tolist()]
+
+    def read(self, index: int) -> Image.Image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(self.samples[index][0]) as img:
                 img.load()
-                return to_channels(img, self.in_chans), label
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise UsageError(f"cannot read image {path}: {err}; fix or remove the file") from None
+                return to_channels(img, self.in_chans)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        for offset in range(len(self.samples)):
+            candidate = (index + offset) % len(self.samples)
+            if self.bad[candidate]:
+                continue
+            try:
+                return self.read(candidate), self.samples[candidate][1]
+            except Exception as err:  # noqa: BLE001 - Pillow raises many types for hostile files
+                path, reason = self.samples[candidate][0], f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                if self.on_bad_image == "error":
+                    raise UsageError(f"cannot read image {path} ({reason}): fix or remove the file, "
+                                     f"or pass --on-bad-image skip") from None
+                self.bad[candidate] = 1
+                print(f"vitpss: warning: skipping bad image {path} ({reason}); bad images so far: "
+                      f"{int(self.bad.sum())} (--on-bad-image error stops instead)", file=sys.stderr, flush=True)
+        raise UsageError(f"none of the {len(self.samples)} images of this split can be read "
+                         f"(e.g. {self.samples[index][0]}): check the --data folder")
 
 
 class SyntheticImages(Dataset):
@@ -210,15 +250,40 @@ class EpochSampler(Sampler):
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _list_images(folder: Path) -> list[str]:
-    files = []
-    for root, _, names in os.walk(folder, followlinks=True):
-        files += [os.path.join(root, n) for n in names if n.lower().endswith(IMG_EXTENSIONS)]
-    return sorted(files)
+def _list_images(folder: Path) -> tuple[list[str], list[str]]:
+    """Image files under ``folder`` (directory links followed, each real directory once, so link
+    loops end) and the image-named entries that are no readable regular file (broken or looping
+    links, FIFOs, devices, unreadable directories)."""
+    files, odd, seen, stack = [], [], set(), [str(folder)]
+    while stack:
+        directory = stack.pop()
+        real = os.path.realpath(directory)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            odd.append(directory)
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                    (files if entry.is_file() else odd).append(entry.path)
+            except OSError:  # a link loop
+                odd.append(entry.path)
+    return sorted(files), sorted(odd)
 
 
-def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
-    """Classes and ``(path, label)`` samples of ``root/train`` and ``root/val``; UsageError on any gap."""
+def scan_image_folder(root: str | Path, on_bad_image: str = "skip") -> tuple[list[str], list[tuple[str, int]],
+                                                                         list[tuple[str, int]]]:
+    """Classes and ``(path, label)`` samples of ``root/train`` and ``root/val``; UsageError on any gap.
+
+    Image-named entries that are no regular file are left out with one counted warning per split
+    (``on_bad_image="skip"``) or are an error (``"error"``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"--data {root}: no such directory (use mnist5k, synthetic, or a folder with train/ and val/)")
@@ -230,7 +295,17 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]
         classes = sorted(d.name for d in os.scandir(folder) if d.is_dir())
         if not classes:
             raise UsageError(f"--data {root}: {folder} has no class subdirectories (expected {folder}/<class>/<image>)")
-        splits[split] = {c: _list_images(folder / c) for c in classes}
+        listed = {c: _list_images(folder / c) for c in classes}
+        splits[split] = {c: files for c, (files, _) in listed.items()}
+        odd = sorted(path for _, paths in listed.values() for path in paths)
+        if odd and on_bad_image == "error":
+            raise UsageError(f"--data {root}: {odd[0]} is not a readable regular file (broken or looping link, "
+                             f"FIFO or device): remove it, or pass --on-bad-image skip")
+        if odd:
+            more = f" (+{len(odd) - 3} more)" if len(odd) > 3 else ""
+            print(f"vitpss: warning: --data {root}: skipped {len(odd)} entries of {split}/ that are not readable "
+                  f"regular files (broken or looping links, FIFOs, devices): {', '.join(odd[:3])}{more}",
+                  file=sys.stderr, flush=True)
     train, val = splits["train"], splits["val"]
     for name, split, other in (("train", train, "val"), ("val", val, "train")):
         missing = sorted(set(split) - set(splits[other]))
@@ -297,10 +372,11 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
         train_src = ArrayImages(images[train_idx], labels[train_idx], in_chans)
         val_src = ArrayImages(images[val_idx], labels[val_idx], in_chans)
     else:
-        classes, train_samples, val_samples = scan_image_folder(cfg.data)
+        classes, train_samples, val_samples = scan_image_folder(cfg.data, cfg.on_bad_image)
         if len(classes) < 2:
             raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
-        train_src, val_src = FolderImages(train_samples, in_chans), FolderImages(val_samples, in_chans)
+        train_src = FolderImages(train_samples, in_chans, cfg.on_bad_image)
+        val_src = FolderImages(val_samples, in_chans, cfg.on_bad_image)
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")
