@@ -152,7 +152,8 @@ def verify_checkpoint_file(path: str | Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise UsageError(f"checkpoint {path} is damaged (truncated or corrupted: {err})") from None
+        raise UsageError(f"checkpoint {path} is damaged or of another format (not an intact torch.save "
+                         f"archive: {err})") from None
     if bad is not None:
         raise UsageError(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
 
@@ -190,9 +191,9 @@ RESUME_CANDIDATES = ("checkpoint.pt", "best.pt")
 def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """``(file, checkpoint)`` to resume from: ``path`` itself if a file, else the run directory's newest valid one.
 
-    In a directory, damaged or unreadable candidates (:data:`RESUME_CANDIDATES`) are skipped and
-    each is named through ``warn``; the one with the highest step among the valid ones wins. A
-    damaged file named explicitly is an error that points to the directory fallback.
+    In a directory, damaged or unreadable candidates (:data:`RESUME_CANDIDATES`) are skipped, and
+    named through ``warn`` when a valid one remains; the one with the highest step among the valid
+    ones wins. A damaged file named explicitly is an error that points to the directory fallback.
     """
     path = Path(path)
     if not path.is_dir():
@@ -211,11 +212,11 @@ def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None 
             found.append((candidate, load_checkpoint(candidate)))
         except UsageError as err:
             problems.append(str(err))
-            if warn is not None:
-                warn(f"{err}; skipping it")
     if not found:
         detail = "; ".join(problems) if problems else f"it holds none of {', '.join(RESUME_CANDIDATES)}"
         raise UsageError(f"no valid checkpoint to resume in {path}: {detail}")
+    for problem in problems if warn is not None else []:
+        warn(f"{problem}; skipping it")
     return max(found, key=lambda pair: pair[1].get("step", -1))  # first (checkpoint.pt) wins a tie
 
 
