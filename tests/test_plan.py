@@ -163,3 +163,11 @@ def test_user_mistakes_are_one_line_errors(capsys, args, needle):
     assert main(["plan", *TINY, *RUN, "--no-measure", *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+def test_plan_reads_a_train_config_and_flags_override_it(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("schedule: fixed\nlow: 0.6\nquantum: 0.2\nepochs: 7\n")
+    plan = plan_json(capsys, "--no-measure", "--config", str(config), "--low", "0.4")
+    assert (plan["schedule"]["name"], plan["schedule"]["low"]) == ("fixed", 0.4)
+    assert plan["schedule"]["epochs"] == 3  # RUN's --epochs 3 overrides the file's 7
