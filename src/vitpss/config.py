@@ -64,7 +64,7 @@ class TrainConfig:
     on_bad_image: str = _opt("skip", "an ImageFolder file that cannot be read: skip (warn, count, use the next image) "
                                      "or error (stop, naming it)")
     # Recipe.
-    epochs: int = _opt(30, "training epochs")
+    epochs: int = _opt(15, "training epochs")
     batch_size: int = _opt(32, "images per step and per process")
     lr: float = _opt(2e-3, "peak learning rate (AdamW)")
     min_lr: float = _opt(1e-5, "final learning rate of the cosine decay")

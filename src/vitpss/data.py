@@ -183,16 +183,24 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 class TransformedDataset(Dataset):
     """Applies ``transform`` to a source's images. Keys are indices or ``(index, sample_seed)``
-    pairs (from :class:`EpochSampler`); with a seed, the random transform is a function of it."""
+    pairs (from :class:`EpochSampler`); with a seed, the random transform is a function of it.
+    ``cache=True`` (deterministic transforms of small in-memory data) keeps each result."""
 
-    def __init__(self, source: Dataset, transform: Callable | None, classes: Sequence[str]) -> None:
+    def __init__(self, source: Dataset, transform: Callable | None, classes: Sequence[str],
+                 cache: bool = False) -> None:
         self.source, self.transform, self.classes = source, transform, list(classes)
+        self.cache: dict[int, tuple[Any, int]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if self.cache is not None:
+            if index not in self.cache:
+                img, label = self.source[index]
+                self.cache[index] = (self.transform(img) if self.transform else img, label)
+            return self.cache[index]
         img, label = self.source[index]
         if self.transform is None:
             return img, label
@@ -380,8 +388,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")
-    train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes)
-    val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes)
+    in_memory = kind == "mnist5k"  # cache deterministic transforms of the small embedded set
+    train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes,
+                                  cache=in_memory and cfg.augment == "none")
+    val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, cache=in_memory)
     return train_ds, val_ds, len(classes), in_chans, img_size
 
 
