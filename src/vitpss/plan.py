@@ -28,6 +28,8 @@ from .errors import UsageError
 from .flops import FlopModel
 from .samplers import keep_count
 from .schedules import KeepRateSchedule, build_schedule
+from .timing import time_training_steps
+from .train import amp_settings, build_model, resolve_device
 
 #: Up to this many grid rates the table lists each; finer grids (and quantum 0) show DISPLAY_RATES.
 MAX_ROWS = 12
@@ -108,8 +110,6 @@ def calibration_counts(num_patches: int, rows: Sequence[float], schedule_rates: 
 def measure_step_times(model: nn.Module, counts: Sequence[int], *, batch_size: int, repeats: int, warmup: int,
                        amp_dtype: Optional[torch.dtype]) -> StepTimes:
     """Median training-step seconds at each keep count (interleaved, :func:`time_training_steps`)."""
-    from .timing import time_training_steps
-
     num_patches = int(model.patch_embed.num_patches)
     rates = {c: c / num_patches for c in counts}  # keep_count(c / N, N) == c
     times = time_training_steps(model, list(rates.values()), batch_size=batch_size, repeats=repeats,
@@ -187,8 +187,6 @@ def build_plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSched
 def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float] = None, measure: bool = True,
               baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
     """The plan of ``cfg``'s schedule over ``epochs x steps_per_epoch`` steps, as a JSON-ready dict."""
-    from .train import amp_settings, build_model, resolve_device
-
     schedule = build_plan_schedule(cfg, steps_per_epoch)
     device = resolve_device(cfg.device)
     amp_dtype, _ = amp_settings(cfg.amp, device)
