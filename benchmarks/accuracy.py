@@ -1,0 +1,115 @@
+"""Accuracy and training time of PSS recipes vs the baseline on mnist5k, several seeds each.
+
+    python benchmarks/accuracy.py                                   # all recipes, 3 seeds
+    python benchmarks/accuracy.py --recipes baseline,cyclic-random --seeds 0 --epochs 10
+
+Each (recipe, seed) is one `vitpss train` run (same model, recipe and epochs; only the schedule
+and sampler differ), followed by `vitpss sweep` of its final checkpoint at several inference keep
+rates. Runs are kept under --runs (reused with --reuse) so figures can be drawn from them
+(`vitpss plot curves ... --x time`). Prints acc1 mean ± std, training time and the sweep per
+recipe, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RECIPES: dict[str, list[str]] = {
+    "baseline": ["--schedule", "none"],
+    "cyclic-magnitude": ["--schedule", "cyclic", "--sampler", "magnitude"],
+    "cyclic-magnitude-cd": ["--schedule", "cyclic", "--sampler", "magnitude", "--cooldown-epochs", "COOLDOWN"],
+    "cyclic-random": ["--schedule", "cyclic", "--sampler", "random"],
+    "cyclic-random-cd": ["--schedule", "cyclic", "--sampler", "random", "--cooldown-epochs", "COOLDOWN"],
+    "cyclic-gumbel": ["--schedule", "cyclic", "--sampler", "gumbel-magnitude"],
+    "cyclic-gumbel-cd": ["--schedule", "cyclic", "--sampler", "gumbel-magnitude", "--cooldown-epochs", "COOLDOWN"],
+    "fixed0.6-magnitude": ["--schedule", "fixed", "--low", "0.6", "--sampler", "magnitude"],
+}
+
+
+def run(cmd: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "vitpss", *cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
+    out = Path(args.runs) / f"{recipe}_e{args.epochs}_s{seed}"
+    flags = [f.replace("COOLDOWN", str(args.cooldown_epochs)) for f in RECIPES[recipe]]
+    if not (args.reuse and (out / "summary.json").exists()):
+        run(["train", "--epochs", str(args.epochs), "--seed", str(seed), "--output", str(out), "--overwrite",
+             "--quiet", *flags, *args.train_args])
+    if not (args.reuse and (out / "sweep.json").exists()):
+        # sweep with the sampler the run trained with; the baseline with magnitude (as the paper did)
+        sampler = [] if recipe != "baseline" else ["--sampler", "magnitude"]
+        run(["sweep", "--checkpoint", str(out / "checkpoint.pt"), "--keep-rates", args.sweep_rates,
+             "--output", str(out), "--repeats", "1", *sampler])
+    summary = json.loads((out / "summary.json").read_text())
+    sweep = json.loads((out / "sweep.json").read_text())
+    rows = sweep["rows"] if isinstance(sweep, dict) else sweep
+    return {"run": str(out), "acc1": summary["acc1"], "best_acc1": summary["best_acc1"],
+            "train_time_s": summary["train_time_s"], "compute_fraction": summary["compute_fraction"],
+            "sweep": {f"{r['keep_rate']:.1f}": r["acc1"] for r in rows}}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--cooldown-epochs", type=int, default=3)
+    parser.add_argument("--sweep-rates", default="1.0,0.8,0.6,0.4,0.2")
+    parser.add_argument("--runs", default="benchmarks/.cache/accuracy_runs")
+    parser.add_argument("--reuse", action="store_true", help="skip runs whose results exist")
+    parser.add_argument("--json", default="benchmarks/results/accuracy.json")
+    parser.add_argument("train_args", nargs="*", help="extra `vitpss train` flags (after --)")
+    args = parser.parse_args()
+
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {unknown}: choose from {', '.join(RECIPES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, list[dict]] = {}
+    for seed in seeds:  # seed-major order spreads machine drift over all recipes
+        for recipe in recipes:
+            r = one_run(args, recipe, seed)
+            results.setdefault(recipe, []).append(r)
+            print(f"  {recipe:<22} seed {seed}: acc1 {r['acc1']:.2f}  time {r['train_time_s']:.0f} s", flush=True)
+
+    base_time = statistics.fmean(r["train_time_s"] for r in results.get("baseline", results[recipes[0]]))
+    rates = args.sweep_rates.split(",")
+    table = []
+    print(f"\nmnist5k, {args.epochs} epochs, seeds {args.seeds}; acc1 at inference keep rate 1.0 unless noted")
+    print(f"{'recipe':<22}{'acc1':>14}{'best':>8}{'time s':>8}{'t/base':>7}{'FLOPs':>7}"
+          + "".join(f"{'@' + r:>7}" for r in rates[1:]))
+    for recipe, runs in results.items():
+        acc, std = mean_std([r["acc1"] for r in runs])
+        row = {"recipe": recipe, "acc1_mean": acc, "acc1_std": std,
+               "best_acc1_mean": statistics.fmean(r["best_acc1"] for r in runs),
+               "train_time_s": statistics.fmean(r["train_time_s"] for r in runs),
+               "compute_fraction": runs[0]["compute_fraction"],
+               "sweep_acc1_mean": {k: statistics.fmean(r["sweep"][f"{float(k):.1f}"] for r in runs) for k in rates}}
+        row["time_vs_baseline"] = row["train_time_s"] / base_time
+        table.append(row)
+        print(f"{recipe:<22}{acc:>8.2f} ±{std:>4.2f}{row['best_acc1_mean']:>8.2f}{row['train_time_s']:>8.0f}"
+              f"{row['time_vs_baseline']:>7.2f}{row['compute_fraction']:>7.2f}"
+              + "".join(f"{row['sweep_acc1_mean'][k]:>7.1f}" for k in rates[1:]))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "epochs": args.epochs, "seeds": seeds,
+            "cooldown_epochs": args.cooldown_epochs, "train_args": args.train_args}
+    out.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
