@@ -33,8 +33,8 @@ def test_pretrain_writes_the_run_directory(run_dir):
     epochs = [json.loads(line) for line in (run_dir / "val_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs] == [0, 1]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["mask_ratio"] == 0.5 and summary["mask_patch_size"] == 4
-    assert "mask_patch_size: 4" in (run_dir / "config.yaml").read_text()
+    assert summary["mask_ratio"] == 0.5 and summary["mask_patch_size"] == 7
+    assert "mask_patch_size: 7" in (run_dir / "config.yaml").read_text()
 
 
 def test_pretrain_checkpoint_has_simmim_layout_and_loads_only_with_weights(run_dir):

@@ -6,8 +6,8 @@ the paper is timm's own ``beit_base_patch16_224`` (no absolute position embeddin
 
 * ``vitpss_pss_deit_small_patch16_{224,384}``: the paper's DeiT-S + PSS model (PSS_SPEC.md §4):
   width 384, depth 12, 6 heads, absolute **and** relative position embedding, no LayerScale.
-* ``vitpss_tiny_beit_mnist``: 28 px, patch 4, 1 channel, width 64, depth 4, 4 heads, relative
-  position bias, LayerScale 0.1: a SimMIM-style ViT sized for the embedded MNIST subset.
+* ``vitpss_tiny_beit_mnist``: 28 px, patch 7 (16 patches), 1 channel, width 64, depth 4, 4 heads,
+  relative position bias, LayerScale 0.1: a SimMIM-style ViT sized for the embedded MNIST subset.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def vitpss_pss_deit_small_patch16_384(**kwargs) -> Beit:
 
 @register_model
 def vitpss_tiny_beit_mnist(**kwargs) -> Beit:
-    """A SimMIM-style ViT for 28 px one-channel digits (patch 4: 49 patches)."""
-    defaults = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4,
+    """A SimMIM-style ViT for 28 px one-channel digits (patch 7: 16 patches, as vitpss_tiny_mnist)."""
+    defaults = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4,
                     use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1, global_pool="avg")
     return _create("vitpss_tiny_beit_mnist", defaults, kwargs)
