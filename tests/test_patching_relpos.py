@@ -25,6 +25,7 @@ BEIT_VARIANTS = {
     "shared": dict(use_shared_rel_pos_bias=True, use_rel_pos_bias=False),
     "shared_and_per_block": dict(use_shared_rel_pos_bias=True, use_rel_pos_bias=True, use_abs_pos_emb=False),
     "token_pool": dict(global_pool="token"),
+    "abs_pos_only": dict(use_rel_pos_bias=False, use_abs_pos_emb=True),
 }
 
 EVA_MODELS = {
