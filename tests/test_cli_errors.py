@@ -67,7 +67,8 @@ def test_empty_data_directory_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_unreadable_image_is_named_on_one_line(folder, tmp_path, capsys, workers):
     _corrupt_image(folder)
-    err = run_error(capsys, [*tiny_run(tmp_path / "out", data=str(folder), epochs=1), "--workers", workers])
+    err = run_error(capsys, [*tiny_run(tmp_path / "out", data=str(folder), epochs=1), "--workers", workers,
+                             "--on-bad-image", "error"])
     assert f"cannot read image {folder / 'train' / 'cat' / '2.png'}" in err
 
 

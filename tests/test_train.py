@@ -92,10 +92,14 @@ def test_bf16_amp_trains_on_cpu(tmp_path):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "nan"
-    assert main(tiny_run(out, "--lr", "1e30", "--warmup-epochs", "0", "--min-lr", "0", epochs=3)) == 1
+    args = tiny_run(out, "--lr", "1e30", "--warmup-epochs", "0", "--min-lr", "0", "--save-every-steps", "1", epochs=3)
+    assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vitpss: error: loss is") and "at step" in err and "\n" not in err
+    assert err.startswith("vitpss: error: loss is") and "\n" not in err
+    step = int(err.split(" at step ")[1].split()[0])
+    assert f"the last good checkpoint is {out / 'checkpoint.pt'}" in err
     assert not (out / "summary.json").exists()
-    if (out / "checkpoint.pt").exists():  # a good checkpoint holds only finite weights
-        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-        assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == step  # saved after the last finite step, never after the bad one
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(step))
