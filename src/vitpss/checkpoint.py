@@ -191,9 +191,10 @@ RESUME_CANDIDATES = ("checkpoint.pt", "best.pt")
 def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """``(file, checkpoint)`` to resume from: ``path`` itself if a file, else the run directory's newest valid one.
 
-    In a directory, damaged or unreadable candidates (:data:`RESUME_CANDIDATES`) are skipped, and
-    named through ``warn`` when a valid one remains; the one with the highest step among the valid
-    ones wins. A damaged file named explicitly is an error that points to the directory fallback.
+    In a directory, the first valid file of :data:`RESUME_CANDIDATES` wins: ``best.pt`` is only
+    ever a copy of an earlier or the same ``checkpoint.pt``, so it is read only when
+    ``checkpoint.pt`` is missing or damaged. Damaged candidates are named through ``warn`` when a
+    valid one remains. A damaged file named explicitly is an error that points to the fallback.
     """
     path = Path(path)
     if not path.is_dir():
@@ -210,6 +211,7 @@ def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None 
             continue
         try:
             found.append((candidate, load_checkpoint(candidate)))
+            break
         except UsageError as err:
             problems.append(str(err))
     if not found:
@@ -217,7 +219,7 @@ def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None 
         raise UsageError(f"no valid checkpoint to resume in {path}: {detail}")
     for problem in problems if warn is not None else []:
         warn(f"{problem}; skipping it")
-    return max(found, key=lambda pair: pair[1].get("step", -1))  # first (checkpoint.pt) wins a tie
+    return found[0]
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
