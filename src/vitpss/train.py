@@ -161,7 +161,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         kind, _ = types[f.name]
         flag = "--" + f.name.replace("_", "-")
         shown = "model's" if f.default is None and f.name in MODEL_OVERRIDES else f.default
-        help_text = f"{f.metadata['help']} (default: {shown})"
+        help_text = f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {shown})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif "const" in f.metadata:
