@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TINY_RUN, assert_bitwise_equal, step_losses, train_state
+from reliability_helpers import TINY_RUN, assert_bitwise_equal, step_losses, train_state
 
 from vitpss.cli import main
 

@@ -13,7 +13,7 @@ import os
 import random
 
 import pytest
-from conftest import (
+from reliability_helpers import (
     EPOCHS, STEPS_PER_EPOCH, TINY_RUN, assert_bitwise_equal, run_vitpss, step_losses, train_state,
     val_accuracies,
 )
