@@ -101,6 +101,8 @@ CASES = [
     ("config-string-for-float", ["train", "--config", yaml_file("lr: fast\n")], "lr must be float"),
     ("config-out-of-range", ["train", "--config", yaml_file("drop_path: 1.5\n")], "--drop-path=1.5 is out of range"),
     ("config-empty-value", ["train", "--config", yaml_file("epochs:\n")], "epochs must not be empty"),
+    ("config-python-tag", ["train", "--config", yaml_file("epochs: !!python/object/apply:os.system ['exit 3']\n")],
+     "is not valid YAML"),  # yaml.safe_load: tags that would call Python are refused
     ("resume-missing", ["train", "--resume", "/no/such/run"], "no checkpoint at /no/such/run"),
     ("resume-with-config", ["train", "--resume", "/no/such/run", "--config", yaml_file("epochs: 2\n")],
      "--config cannot be combined with --resume"),
