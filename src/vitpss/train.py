@@ -552,7 +552,9 @@ class Trainer:
             bar.update()
         stop = cfg.max_steps is not None and st.step >= cfg.max_steps
         epoch_end = st.step % self.steps_per_epoch == 0
-        if stop or (cfg.save_every_steps and st.step % cfg.save_every_steps == 0 and not epoch_end):
+        # At an epoch end, end_epoch() evaluates first, then saves: a checkpoint written here, before the
+        # evaluation, would let a crash in between skip that epoch's evaluation on resume.
+        if not epoch_end and (stop or (cfg.save_every_steps and st.step % cfg.save_every_steps == 0)):
             self.save()
         return stop and not epoch_end
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from reliability_helpers import TINY_RUN, assert_bitwise_equal, step_losses, train_state
 
+from vitpss.checkpoint import read_jsonl
 from vitpss.cli import main
 
 STOP_AT = 9  # mid-epoch 3: checkpoint.pt at step 9, best.pt at an earlier epoch end
@@ -128,3 +129,26 @@ def test_nan_loss_stops_with_the_step_and_exit_1_keeping_the_last_good_checkpoin
     nan_at_step["run_dir"] = None  # the fault is gone: the kept checkpoint resumes to the exact result
     assert main(["train", "--resume", str(out)]) == 0
     assert_bitwise_equal(train_state(out), train_state(reference_run))
+
+
+class SimulatedCrash(BaseException):
+    """Raised from inside the run: it unwinds like a kill (nothing catches it), in this process."""
+
+
+def test_a_crash_between_the_max_steps_checkpoint_and_the_epoch_evaluation_loses_no_evaluation(tmp_path,
+                                                                                              reference_run):
+    out = tmp_path / "run"
+
+    def crash_in_evaluation(module, args, output):
+        if not module.training and hasattr(module, "blocks"):
+            raise SimulatedCrash
+
+    handle = torch.nn.modules.module.register_module_forward_hook(crash_in_evaluation)
+    try:
+        with pytest.raises(SimulatedCrash):  # --max-steps at the end of epoch 1, crash in its evaluation
+            main(["train", "--output", str(out), *TINY_RUN, "--max-steps", "4"])
+    finally:
+        handle.remove()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert [r["epoch"] for r in read_jsonl(out / "val_log.jsonl")] == [0, 1, 2]
+    assert_bitwise_equal(train_state(out, "best.pt"), train_state(reference_run, "best.pt"))
