@@ -223,7 +223,8 @@ def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     return summary
 
 
-def model_from_pretrain_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SimMIM, TrainConfig, dict]:
+def model_from_pretrain_checkpoint(path: str | Path,
+                                   device: str | torch.device = "cpu") -> tuple[SimMIM, TrainConfig, dict]:
     """Rebuild the SimMIM model of a ``vitpss pretrain`` checkpoint (file or run directory)."""
     path = checkpoint_path(path)
     try:
@@ -244,11 +245,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("pretrain", help="SimMIM masked image modelling (then: vitpss train --pretrained)",
                               description="Pre-train a timm ViT/BEiT by SimMIM masked image modelling on the same "
-                              "data options as 'vitpss train'; fine-tune with 'vitpss train --pretrained RUN/checkpoint.pt'.")
+                              "data options as 'vitpss train'; fine-tune with "
+                              "'vitpss train --pretrained RUN/checkpoint.pt'.")
     add_config_arguments(p)
     p.add_argument("--mask-ratio", type=float, default=None, help="share of mask blocks masked (default: 0.6)")
     p.add_argument("--mask-patch-size", type=int, default=None,
-                   help="mask block size in pixels, a multiple of the patch size (default: 32 where it fits, else one patch)")
+                   help="mask block size in pixels, a multiple of the patch size "
+                        "(default: 32 where it fits, else one patch)")
     p.set_defaults(func=run_pretrain)
 
 

@@ -190,7 +190,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> tupl
 
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
-    unused_norm = [k for k in unexpected if k.startswith("norm.") and isinstance(getattr(model, "norm", None), nn.Identity)]
+    norm_unused = isinstance(getattr(model, "norm", None), nn.Identity)  # mean pooling: fc_norm instead
+    unused_norm = [k for k in unexpected if k.startswith("norm.") and norm_unused]
     ignored += unused_norm
     unexpected = [k for k in unexpected if k not in unused_norm]
     new = [k for k in missing if _EXPECTED_NEW.match(k)]

@@ -32,7 +32,8 @@ def check_mask_geometry(img_size: int, patch_size: int, mask_patch_size: int) ->
 
 
 def random_patch_mask(batch_size: int, img_size: int, patch_size: int, mask_patch_size: int, mask_ratio: float,
-                      *, generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu") -> torch.Tensor:
+                      *, generator: Optional[torch.Generator] = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
     """SimMIM's mask: ``(B, G, G)`` of 0/1 at patch resolution (``G = img_size // patch_size``).
 
     The image is cut into ``(img_size / mask_patch_size)**2`` blocks; ``ceil(mask_ratio * blocks)``
@@ -44,7 +45,8 @@ def random_patch_mask(batch_size: int, img_size: int, patch_size: int, mask_patc
     blocks_per_side = img_size // mask_patch_size
     num_blocks = blocks_per_side ** 2
     num_masked = math.ceil(num_blocks * mask_ratio)
-    noise = torch.rand(batch_size, num_blocks, generator=generator, device=generator.device if generator is not None else device)
+    noise_device = generator.device if generator is not None else device
+    noise = torch.rand(batch_size, num_blocks, generator=generator, device=noise_device)
     masked = noise.argsort(dim=1)[:, :num_masked]
     mask = torch.zeros(batch_size, num_blocks, device=noise.device).scatter_(1, masked, 1.0)
     scale = mask_patch_size // patch_size
