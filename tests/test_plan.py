@@ -41,7 +41,9 @@ def plan_json(capsys, *args: str) -> dict:
 
 
 def test_plan_json_reports_mean_keep_rate_and_compute_fraction_of_the_schedule(capsys):
-    plan = plan_json(capsys, "--no-measure", "--schedule", "cyclic", "--low", "0.2")
+    threads = torch.get_num_threads()
+    plan = plan_json(capsys, "--no-measure", "--schedule", "cyclic", "--low", "0.2", "--threads", "1")
+    assert plan["threads"] == 1 and torch.get_num_threads() == threads
     schedule = vitpss.build_schedule("cyclic", low=0.2, high=1.0, steps_per_epoch=20, epochs=3)
     assert plan["schedule"] == schedule.to_dict()
     assert plan["mean_keep_rate"] == pytest.approx(schedule.mean_keep_rate())

@@ -39,7 +39,7 @@ MAX_MEASURED = 12
 #: TrainConfig fields that ``vitpss plan`` takes, as in ``vitpss train``.
 PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool",
                "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
-               "cooldown_epochs", "period_steps", "epochs")
+               "cooldown_epochs", "period_steps", "epochs", "threads")
 SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
 
 
@@ -298,7 +298,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--budget={args.budget!r} is out of range: it must be in (0, 1]")
     if args.baseline_hours is not None and args.baseline_hours <= 0:
         raise UsageError(f"--baseline-hours={args.baseline_hours} is out of range: it must be > 0")
-    plan = make_plan(cfg, steps_per_epoch=args.steps_per_epoch, budget=args.budget, measure=not args.no_measure,
-                     baseline_hours=args.baseline_hours, repeats=args.repeats, warmup=args.warmup)
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        plan = make_plan(cfg, steps_per_epoch=args.steps_per_epoch, budget=args.budget, measure=not args.no_measure,
+                         baseline_hours=args.baseline_hours, repeats=args.repeats, warmup=args.warmup)
+    finally:
+        torch.set_num_threads(threads)
     print(json.dumps(plan) if args.json else format_plan(plan), file=sys.stdout)
     return 0
