@@ -6,8 +6,9 @@
 Each (recipe, seed) is one `vitpss train` run (same model, recipe and epochs; only the schedule
 and sampler differ), followed by `vitpss sweep` of its final checkpoint at several inference keep
 rates. Runs are kept under --runs (reused with --reuse) so figures can be drawn from them
-(`vitpss plot curves ... --x time`). Prints acc1 mean ± std, training time and the sweep per
-recipe, and writes JSON.
+(`vitpss plot curves ... --x time`). Prints acc1 mean ± std, the acc1 gained over the last fifth
+of training (gain5: a converged run gains < 0.3 pt), training time and the sweep per recipe, and
+writes JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 RECIPES: dict[str, list[str]] = {
@@ -51,8 +53,11 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     sweep = json.loads((out / "sweep.json").read_text())
     rows = sweep["rows"] if isinstance(sweep, dict) else sweep
+    val = [json.loads(line) for line in (out / "val_log.jsonl").read_text().splitlines()]
+    fifth = val[-(len(val) // 5 + 1)]["acc1"]  # acc1 at the start of the last fifth of training
     return {"run": str(out), "acc1": summary["acc1"], "best_acc1": summary["best_acc1"],
             "train_time_s": summary["train_time_s"], "compute_fraction": summary["compute_fraction"],
+            "gain_last_fifth": summary["acc1"] - fifth, "curve": [v["acc1"] for v in val],
             "sweep": {f"{r['keep_rate']:.1f}": r["acc1"] for r in rows}}
 
 
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--sweep-rates", default="1.0,0.8,0.6,0.4,0.2")
     parser.add_argument("--runs", default="benchmarks/.cache/accuracy_runs")
     parser.add_argument("--reuse", action="store_true", help="skip runs whose results exist")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (timings are then less comparable)")
     parser.add_argument("--json", default="benchmarks/results/accuracy.json")
     parser.add_argument("train_args", nargs="*", help="extra `vitpss train` flags (after --)")
     args = parser.parse_args()
@@ -78,18 +84,19 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown recipe(s) {unknown}: choose from {', '.join(RECIPES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict[str, list[dict]] = {}
-    for seed in seeds:  # seed-major order spreads machine drift over all recipes
-        for recipe in recipes:
-            r = one_run(args, recipe, seed)
-            results.setdefault(recipe, []).append(r)
-            print(f"  {recipe:<22} seed {seed}: acc1 {r['acc1']:.2f}  time {r['train_time_s']:.0f} s", flush=True)
+    results: dict[str, list[dict]] = {recipe: [] for recipe in recipes}
+    jobs = [(recipe, seed) for seed in seeds for recipe in recipes]  # seed-major: drift hits all recipes
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for (recipe, seed), r in zip(jobs, pool.map(lambda job: one_run(args, *job), jobs)):
+            results[recipe].append(r)
+            print(f"  {recipe:<22} seed {seed}: acc1 {r['acc1']:.2f}  time {r['train_time_s']:.0f} s  "
+                  f"gain over last fifth {r['gain_last_fifth']:+.2f}", flush=True)
 
     base_time = statistics.fmean(r["train_time_s"] for r in results.get("baseline", results[recipes[0]]))
     rates = args.sweep_rates.split(",")
     table = []
     print(f"\nmnist5k, {args.epochs} epochs, seeds {args.seeds}; acc1 at inference keep rate 1.0 unless noted")
-    print(f"{'recipe':<22}{'acc1':>14}{'best':>8}{'time s':>8}{'t/base':>7}{'FLOPs':>7}"
+    print(f"{'recipe':<22}{'acc1':>14}{'best':>8}{'gain5':>7}{'time s':>8}{'t/base':>7}{'FLOPs':>7}"
           + "".join(f"{'@' + r:>7}" for r in rates[1:]))
     for recipe, runs in results.items():
         acc, std = mean_std([r["acc1"] for r in runs])
@@ -97,10 +104,12 @@ def main() -> None:
                "best_acc1_mean": statistics.fmean(r["best_acc1"] for r in runs),
                "train_time_s": statistics.fmean(r["train_time_s"] for r in runs),
                "compute_fraction": runs[0]["compute_fraction"],
+               "gain_last_fifth_mean": statistics.fmean(r["gain_last_fifth"] for r in runs),
                "sweep_acc1_mean": {k: statistics.fmean(r["sweep"][f"{float(k):.1f}"] for r in runs) for k in rates}}
         row["time_vs_baseline"] = row["train_time_s"] / base_time
         table.append(row)
-        print(f"{recipe:<22}{acc:>8.2f} ±{std:>4.2f}{row['best_acc1_mean']:>8.2f}{row['train_time_s']:>8.0f}"
+        print(f"{recipe:<22}{acc:>8.2f} ±{std:>4.2f}{row['best_acc1_mean']:>8.2f}"
+              f"{row['gain_last_fifth_mean']:>+7.2f}{row['train_time_s']:>8.0f}"
               f"{row['time_vs_baseline']:>7.2f}{row['compute_fraction']:>7.2f}"
               + "".join(f"{row['sweep_acc1_mean'][k]:>7.1f}" for k in rates[1:]))
     out = Path(args.json)
