@@ -47,8 +47,27 @@ def quantize(rate: np.ndarray | float, quantum: float) -> np.ndarray:
     return np.minimum(np.round(np.maximum(levels, 1.0) * quantum, 10), 1.0)
 
 
+class _RunSummary:
+    """Whole-run summaries shared by schedule classes that define ``rates()`` and ``total_steps``."""
+
+    total_steps: int
+    rates: Callable[..., np.ndarray]
+
+    def mean_keep_rate(self) -> float:
+        """Mean keep rate over every step of the run (cooldown included)."""
+        return float(self.rates().mean())
+
+    def levels(self) -> dict[float, float]:
+        """Share of the run's steps spent at each distinct keep rate."""
+        values, counts = np.unique(self.rates(), return_counts=True)
+        return {float(v): float(c) / self.total_steps for v, c in zip(values, counts)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class KeepRateSchedule:
+class KeepRateSchedule(_RunSummary):
     """A keep-rate schedule over ``epochs * steps_per_epoch`` steps; call it with a global step.
 
     The last ``cooldown_epochs`` epochs use all patches. ``linear`` and ``cosine`` rise from
@@ -120,21 +139,8 @@ class KeepRateSchedule:
             raise ValueError(f"step={step} is out of range: step must be >= 0")
         return float(self.rates(np.array([step]))[0])
 
-    def mean_keep_rate(self) -> float:
-        """Mean keep rate over every step of the run (cooldown included)."""
-        return float(self.rates().mean())
-
-    def levels(self) -> dict[float, float]:
-        """Share of the run's steps spent at each distinct keep rate."""
-        values, counts = np.unique(self.rates(), return_counts=True)
-        return {float(v): float(c) / self.total_steps for v, c in zip(values, counts)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(frozen=True)
-class PaperSchedule:
+class PaperSchedule(_RunSummary):
     """The original PSS schedulers (``patch_scheduler.py``), reproduced value for value.
 
     Works in drop ratios ``d`` as the original did and returns the keep rate ``1 - d``. Formulas,
@@ -195,17 +201,6 @@ class PaperSchedule:
     def rates(self, steps: np.ndarray | None = None) -> np.ndarray:
         t = range(self.total_steps) if steps is None else np.asarray(steps).tolist()
         return np.array([self(int(s)) for s in t], dtype=np.float64)
-
-    def mean_keep_rate(self) -> float:
-        return float(self.rates().mean())
-
-    def levels(self) -> dict[float, float]:
-        values, counts = np.unique(self.rates(), return_counts=True)
-        return {float(v): float(c) / self.total_steps for v, c in zip(values, counts)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 Schedule = Callable[[int], float]
 
