@@ -81,7 +81,7 @@ def main() -> None:
             memory = (cuda_peak_bytes(model, rate, args.batch_size, device, args.amp) if device.type == "cuda"
                       else saved_activation_bytes(model, rate, args.batch_size, device))
             samplers = {s: time_sampler(model, s, rate, batch_size=args.batch_size) if rate < 1 else 0.0
-                        for s in ("magnitude", "random")}
+                        for s in vitpss.SAMPLERS}
             rows.append({
                 "model": name, "keep_rate": rate, "tokens": vitpss.token_count(model, rate),
                 "gflops_step": flop_model.flops(rate) * args.batch_size / 1e9,
@@ -94,12 +94,12 @@ def main() -> None:
 
     print(f"batch {args.batch_size}, {device.type}{' bf16' if args.amp else ''}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<24}{'rate':>5}{'tokens':>7}{'GFLOP':>8}{'ms':>9}{'t/t1':>6}{'F/F1':>6}{'MB':>8}"
-          f"{'mag %':>7}{'rand %':>7}")
+    print(f"{'model':<24}{'rate':>5}{'tokens':>7}{'GFLOP':>8}{'ms':>9}{'t/t1':>6}{'F/F1':>6}{'MB':>8}  "
+          + "  ".join(f"{s} %" for s in vitpss.SAMPLERS))
     for r in rows:
         print(f"{r['model']:<24}{r['keep_rate']:>5.1f}{r['tokens']:>7d}{r['gflops_step']:>8.1f}{r['step_ms']:>9.1f}"
-              f"{r['time_vs_full']:>6.2f}{r['flops_vs_full']:>6.2f}{r['memory_mb']:>8.0f}"
-              f"{100 * r['sampler_share']['magnitude']:>7.2f}{100 * r['sampler_share']['random']:>7.2f}")
+              f"{r['time_vs_full']:>6.2f}{r['flops_vs_full']:>6.2f}{r['memory_mb']:>8.0f}  "
+              + "  ".join(f"{100 * r['sampler_share'][s]:>{len(s) + 2}.2f}" for s in vitpss.SAMPLERS))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "device": str(device),
