@@ -84,7 +84,7 @@ class TrainConfig:
     quantum: float = _opt(0.2, "round keep rates to multiples of this (0 = no rounding)")
     cooldown_epochs: int = _opt(0, "last epochs trained with all patches")
     period_steps: int | None = _opt(None, "cyclic period in steps (default: one epoch)")
-    sampler: str = _opt("magnitude", "patch sampler: " + ", ".join(SAMPLERS))
+    sampler: str = _opt("gumbel-magnitude", "patch sampler: " + ", ".join(SAMPLERS))
     # Run.
     seed: int = _opt(0, "random seed")
     output: str | None = _opt(None, "run directory (default runs/train-<date>-<time>)")
