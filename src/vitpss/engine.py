@@ -18,6 +18,7 @@ from torch import nn
 
 from .patching import set_keep_rate, token_count
 from .patching import keep_rate as keep_rate_context
+from .timing import sync
 
 
 class NonFiniteLossError(RuntimeError):
@@ -26,12 +27,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, loss: float, detail: str = "") -> None:
         super().__init__(f"loss is {loss} at step {step}" + (f" {detail}" if detail else ""))
         self.step, self.loss = step, loss
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so host timers measure it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _distributed() -> bool:

@@ -37,7 +37,8 @@ from . import __version__
 from .checkpoint import JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, checkpoint_path, rng_state
 from .config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
 from .data import build_datasets, build_loader
-from .engine import NonFiniteLossError, all_reduce_sum, sync, train_one_epoch
+from .engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
+from .timing import sync
 from .errors import UsageError
 from .simmim import SimMIM, check_mask_geometry, default_mask_patch_size
 

@@ -28,7 +28,7 @@ from .errors import UsageError
 from .flops import count_flops
 from .patching import keep_rate, set_sampler, token_count
 from .samplers import SAMPLERS
-from .timing import _sync
+from .timing import sync
 
 DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -50,11 +50,11 @@ def throughput(model: nn.Module, x: torch.Tensor, rates: Sequence[float], *, war
 
     def timed(rate: float, passes: int) -> float:
         with keep_rate(model, rate), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(passes):
                 model(x)
-            _sync(device)
+            sync(device)
         return (time.perf_counter() - start) / passes
 
     for _ in range(warmup):

@@ -17,7 +17,8 @@ from .patching import _samplers_or_raise, keep_rate
 from .samplers import gather_tokens, get_sampler, keep_count
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so host timers measure it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -51,14 +52,14 @@ def time_training_steps(
     times: dict[float, list[float]] = {float(r): [] for r in rates}
     for i in range(warmup + repeats):
         for rate in times:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             with keep_rate(model, rate), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            _sync(device)
+            sync(device)
             if i >= warmup:
                 times[rate].append(time.perf_counter() - start)
     return {rate: statistics.median(values) for rate, values in times.items()}
@@ -83,10 +84,10 @@ def time_sampler(
     num_keep = keep_count(rate, tokens.shape[1] - num_prefix)
     samples = []
     for i in range(repeats + 5):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         gather_tokens(tokens, num_prefix, fn(tokens, num_prefix, num_keep, None))
-        _sync(device)
+        sync(device)
         if i >= 5:
             samples.append(time.perf_counter() - start)
     return statistics.median(samples)

@@ -48,7 +48,8 @@ from .config import (
     load_config, nearest, validate,
 )
 from .data import build_datasets, build_loader
-from .engine import NonFiniteLossError, evaluate, sync, train_one_epoch
+from .engine import NonFiniteLossError, evaluate, train_one_epoch
+from .timing import sync
 from .errors import UsageError
 from .flops import FlopModel
 from .patching import attach, supported_families
