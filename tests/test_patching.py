@@ -154,3 +154,22 @@ def test_readme_api_example_runs_as_written():
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (2, 10)
+
+
+def test_gumbel_magnitude_samples_in_training_and_is_deterministic_top_k_in_eval():
+    model = vitpss.attach(tiny(), sampler="gumbel-magnitude")
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    vitpss.set_keep_rate(model, 0.3)
+    picks = set()
+    for _ in range(5):
+        model(x)
+        picks.add(tuple(vitpss.get_keep_indices(model).flatten().tolist()))
+    assert len(picks) > 1
+    model.eval()
+    with vitpss.keep_rate(model, 0.3):
+        model(x)
+        eval_idx = vitpss.get_keep_indices(model)
+        vitpss.set_sampler(model, "magnitude")
+        model(x)
+        assert torch.equal(eval_idx, vitpss.get_keep_indices(model))

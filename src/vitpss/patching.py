@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from .samplers import SAMPLERS, gather_tokens, get_sampler, keep_count
+from .samplers import SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count
 
 
 class PatchSampler(nn.Module):
@@ -40,8 +40,8 @@ class PatchSampler(nn.Module):
         return_indices: bool = False,
     ) -> None:
         super().__init__()
+        get_sampler(sampler)
         self.sampler = sampler
-        self.sampler_fn = get_sampler(sampler)
         self.num_prefix_tokens = num_prefix_tokens
         self.generator = generator
         self.return_indices = return_indices
@@ -62,7 +62,9 @@ class PatchSampler(nn.Module):
         if rate < 1.0 and num_patches > 0:
             num_keep = keep_count(rate, num_patches)
             if num_keep < num_patches:
-                self.keep_indices = self.sampler_fn(x, self.num_prefix_tokens, num_keep, self.generator)
+                # random-in-training samplers (gumbel-magnitude) pick deterministically in eval mode
+                fn = get_sampler(self.sampler if self.training else inference_sampler(self.sampler))
+                self.keep_indices = fn(x, self.num_prefix_tokens, num_keep, self.generator)
                 x = gather_tokens(x, self.num_prefix_tokens, self.keep_indices)
         return (x, self.keep_indices) if self.return_indices else x
 
@@ -148,9 +150,9 @@ def set_keep_rate(model: nn.Module, rate: float, inference: bool = False) -> Non
 
 def set_sampler(model: nn.Module, sampler: str) -> None:
     """Switch the sampler of an attached model (e.g. to sweep ``random`` vs ``magnitude``)."""
-    fn = get_sampler(sampler)
+    get_sampler(sampler)
     for module in _samplers_or_raise(model):
-        module.sampler, module.sampler_fn = sampler, fn
+        module.sampler = sampler
 
 
 def get_keep_indices(model: nn.Module) -> Optional[torch.Tensor]:

@@ -65,7 +65,8 @@ def gumbel_magnitude_indices(
 
     Gumbel top-k: samples ``num_keep`` patches without replacement with probabilities
     ``softmax(z)``, where ``z`` is the per-image standardised L1 norm. Unlike ``magnitude`` the
-    model sees every patch sometimes, so it does not learn only the highest-norm patches.
+    model sees every patch sometimes, so it does not learn only the highest-norm patches. In eval
+    mode :class:`vitpss.PatchSampler` uses the deterministic top-k (``magnitude``) instead.
     """
     with torch.no_grad():
         scores = x[:, num_prefix_tokens:].abs().sum(dim=-1).float()
@@ -80,6 +81,16 @@ SAMPLERS: dict[str, SamplerFn] = {
     "magnitude": magnitude_indices,
     "gumbel-magnitude": gumbel_magnitude_indices,
 }
+
+
+# Samplers that are random in training but should be deterministic at inference (like dropout):
+# a model trained with Gumbel top-k over the norms is evaluated with the plain top-k.
+INFERENCE_SAMPLERS: dict[str, str] = {"gumbel-magnitude": "magnitude"}
+
+
+def inference_sampler(name: str) -> str:
+    """The sampler used in eval mode for a model that trains with ``name``."""
+    return INFERENCE_SAMPLERS.get(name, name)
 
 
 def get_sampler(name: str) -> SamplerFn:

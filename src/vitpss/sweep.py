@@ -27,7 +27,7 @@ from .engine import evaluate
 from .errors import UsageError
 from .flops import count_flops
 from .patching import keep_rate, set_sampler, token_count
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, inference_sampler
 from .timing import sync
 
 DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
@@ -157,7 +157,7 @@ def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | No
     loader = build_loader(val_ds, cfg, train=False, device=dev)
     set_sampler(model, cfg.sampler)
     model.eval()
-    return LoadedCheckpoint(model, cfg, val_ds, loader, dev, cfg.sampler, getattr(val_ds, "classes", None))
+    return LoadedCheckpoint(model, cfg, val_ds, loader, dev, inference_sampler(cfg.sampler), getattr(val_ds, "classes", None))
 
 
 def format_table(rows: Sequence[dict[str, float]]) -> str:
@@ -192,7 +192,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-rates", type=parse_rates, default=list(DEFAULT_RATES),
                    help="comma-separated keep rates (default 1.0,0.9,...,0.2)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="patch sampler at inference (default: the one the run trained with)")
+                   help="patch sampler at inference (default: the run's; gumbel-magnitude runs use magnitude)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation and timing batch size (default: the run's batch size)")
     p.add_argument("--data", default=None, help="validation data (default: the run's data)")
