@@ -92,3 +92,14 @@ def test_missing_data_directories_are_usage_errors(tmp_path, mutate, message):
     mutate(root)
     with pytest.raises(UsageError, match=message):
         build_datasets(TrainConfig(data=str(root)))
+
+
+@pytest.mark.parametrize("cores,device,expected", [(2, "cpu", 0), (1, "cpu", 0), (4, "cpu", 3), (16, "cpu", 8),
+                                                   (2, "cuda", 1)])
+def test_default_workers_leave_small_cpus_to_the_model(monkeypatch, tmp_path, cores, device, expected):
+    from vitpss import data
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    cfg = TrainConfig(data=str(tmp_path), device=device)
+    assert data.default_workers(cfg) == expected
+    assert data.default_workers(dataclasses.replace(cfg, data="mnist5k")) == 0

@@ -396,13 +396,22 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
 
 
 def default_workers(cfg: TrainConfig, world_size: int = 1) -> int:
-    """DataLoader workers per process: 0 for in-memory data, else the CPUs per process minus one (max 8)."""
+    """DataLoader workers per process: 0 for in-memory data, else the CPUs per process minus one (max 8).
+
+    Training on a CPU with at most 2 cores per process also gets 0: workers would take cores from
+    the model's own compute (benchmarks/schedule_speed.py on 2 cores: 2 workers made the cyclic run
+    15% slower than loading in the main process).
+    """
     if cfg.workers is not None:
         return cfg.workers
     if data_kind(cfg.data) != "folder":
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus // world_size - 1))
+    per_process = cpus // world_size
+    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and per_process <= 2:
+        return 0
+    return max(0, min(8, per_process - 1))
 
 
 def build_loader(ds: Dataset, cfg: TrainConfig, train: bool, *, rank: int = 0, world_size: int = 1,
