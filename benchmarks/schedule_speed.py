@@ -52,7 +52,8 @@ def make_jpeg_folder(root: Path, train_images: int, val_images: int, size: int =
 
 def run_train(args: argparse.Namespace, schedule: str, data: Path, output: Path) -> dict:
     cmd = [sys.executable, "-m", "vitpss", "train", "--model", args.model, "--data", str(data),
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           *(["--workers", str(args.workers)] if args.workers is not None else []),
            "--schedule", schedule, "--sampler", args.sampler, "--device", args.device, "--amp", args.amp,
            "--output", str(output), "--overwrite", "--quiet", "--seed", "0"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320, help="training images (whole epochs of them)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: vitpss's)")
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs: each schedule runs 2x this")
     parser.add_argument("--sampler", default="magnitude")
     parser.add_argument("--device", default="cpu")
@@ -112,7 +113,7 @@ def main() -> None:
         "efficiency": ideal / measured,
         "data_wait_share": {s: med(s, "data_time_s") / med(s, "train_time_s") for s in results},
     }
-    print(f"\n{args.model}, batch {args.batch_size}, {args.workers} workers, {args.device}, amp {args.amp}, "
+    print(f"\n{args.model}, batch {args.batch_size}, workers {args.workers if args.workers is not None else 'default'}, {args.device}, amp {args.amp}, "
           f"{args.epochs} epochs x {steps_per_epoch} steps, {2 * args.repeats} runs per schedule (median)")
     print(f"{'':<34}{'none':>10}{'cyclic':>10}")
     print(f"{'training wall time (s)':<34}{med('none', 'train_time_s'):>10.1f}{med('cyclic', 'train_time_s'):>10.1f}")
