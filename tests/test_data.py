@@ -11,7 +11,7 @@ import torch
 from train_helpers import make_image_folder
 
 from vitpss.config import TrainConfig
-from vitpss.data import EpochSampler, build_datasets, build_loader
+from vitpss.data import BatchRandomResizedCrop, EpochSampler, build_datasets, build_loader, seeded_uniforms
 from vitpss.errors import UsageError
 
 
@@ -60,6 +60,50 @@ def test_augmentation_is_a_function_of_the_sample_seed():
     torch.manual_seed(1)
     assert torch.equal(first, train_ds[(7, 123)][0])
     assert not torch.equal(first, train_ds[(7, 124)][0])
+
+
+def test_batched_light_augmentation_of_a_key_does_not_depend_on_its_batch():
+    train_ds, *_ = build_datasets(TrainConfig(augment="light"))
+    keys = [(i, 1000 + i) for i in range(6)]
+    batch = train_ds.__getitems__(keys)
+    alone = [train_ds[key] for key in reversed(keys)][::-1]
+    for (img, label), (img_alone, label_alone) in zip(batch, alone):
+        assert torch.equal(img, img_alone) and label == label_alone
+    unaugmented = train_ds[3][0]  # a key without seed: the cached image itself
+    assert img.shape == unaugmented.shape == (1, 28, 28)
+    assert not torch.equal(batch[3][0], unaugmented)
+    loader = build_loader(train_ds, TrainConfig(), True)
+    loader.sampler.set_epoch(0)
+    x, y = next(iter(loader))
+    assert x.shape == (32, 1, 28, 28) and torch.isfinite(x).all()
+
+
+def test_batch_crop_at_full_scale_is_the_identity_or_its_mirror():
+    images = torch.randn(4, 3, 6, 10)
+    same = BatchRandomResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)(images, [1, 2, 3, 4])
+    mirrored = BatchRandomResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)(images, [1, 2, 3, 4])
+    torch.testing.assert_close(same, images)
+    torch.testing.assert_close(mirrored, images.flip(-1))
+
+
+def test_batch_crop_zooms_into_a_region_of_the_drawn_area():
+    # a horizontal ramp: a crop of width w maps the ramp's slope to w times it
+    ramp = torch.linspace(-1, 1, 64).expand(1, 1, 64, 64).repeat(500, 1, 1, 1)
+    crop = BatchRandomResizedCrop(scale=(0.5, 0.5), ratio=(1.0, 1.0))
+    out = crop(ramp, list(range(500)))
+    slope = (out[:, 0, 32, 40] - out[:, 0, 32, 20]) / (ramp[0, 0, 32, 40] - ramp[0, 0, 32, 20])
+    torch.testing.assert_close(slope, torch.full_like(slope, 0.5 ** 0.5), atol=1e-4, rtol=0)
+    assert out.amin() >= -1 - 1e-6 and out.amax() <= 1 + 1e-6
+    centres = out[:, 0, 32, 31:33].mean(1)  # crop centres spread over the allowed range
+    assert centres.amin() < -0.2 and centres.amax() > 0.2
+
+
+def test_seeded_uniforms_are_pure_functions_of_each_seed():
+    u = seeded_uniforms([5, 6, 7], 4)
+    assert u.shape == (3, 4) and ((u >= 0) & (u < 1)).all()
+    np.testing.assert_array_equal(seeded_uniforms([7], 4)[0], u[2])
+    many = seeded_uniforms(list(range(20000)), 1)
+    assert abs(many.mean() - 0.5) < 0.01
 
 
 def test_image_folder_converts_every_mode_to_the_model_channels(tmp_path):

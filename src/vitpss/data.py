@@ -10,7 +10,10 @@
 * an ImageFolder root ``PATH`` with ``train/<class>/*`` and ``val/<class>/*`` (any format Pillow
   reads; grayscale, palette and RGBA images are converted to the model's channels).
 
-Transforms come from timm (``create_transform``). The data order is a pure function of
+Transforms come from timm (``create_transform``), except ``--augment light`` on ``mnist5k``: its
+random-resized crop runs on a whole batch of cached tensors at once (:class:`BatchRandomResizedCrop`),
+because per-image Pillow transforms cost as much as a training step of the small default model.
+The data order is a pure function of
 ``(seed, epoch)``, and every image's augmentation a pure function of ``(seed, epoch, index)``
 (see :class:`EpochSampler`), whatever the number of workers or processes: a resumed run sees the
 same images with the same augmentation as an uninterrupted one.
@@ -181,26 +184,94 @@ def seeded_rng(seed: int) -> Iterator[None]:
         torch.default_generator.set_state(torch_state)
 
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser: a well-mixed uint64 per input uint64 (vectorised, no generator state)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def seeded_uniforms(seeds: Sequence[int], count: int) -> np.ndarray:
+    """``(len(seeds), count)`` floats in [0, 1), each row a pure function of its seed."""
+    base = np.asarray(seeds, dtype=np.uint64)[:, None] * np.uint64(count) + np.arange(count, dtype=np.uint64)
+    return (_splitmix64(base) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class BatchRandomResizedCrop:
+    """Random-resized crop (and optional horizontal flip) of a whole batch of image tensors at once.
+
+    The same distribution as timm's ``RandomResizedCropAndInterpolation`` (area fraction uniform
+    in ``scale``, log-uniform aspect ``ratio``, bilinear), except that a crop larger than the image
+    is clipped to it instead of re-drawn. One ``affine_grid`` + ``grid_sample`` per batch instead of
+    a Pillow crop per image: ~40x cheaper for small in-memory images, where the per-image path cost
+    as much as the training step. Each image's crop is a pure function of its sample seed.
+    """
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float], hflip: float = 0.0) -> None:
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        u = torch.from_numpy(seeded_uniforms(seeds, 5)).to(images.dtype)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        log_lo, log_hi = np.log(self.ratio[0]), np.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+        width, height = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+        # crop centre in [-1, 1] coordinates, uniform over the positions that keep the crop inside
+        centre_x = (2 * u[:, 2] - 1) * (1 - width)
+        centre_y = (2 * u[:, 3] - 1) * (1 - height)
+        flip = torch.where(u[:, 4] < self.hflip, -1.0, 1.0).to(images.dtype)
+        n, _, rows, cols = images.shape
+        # affine_grid for a scale-and-shift matrix, built by broadcasting (affine_grid was 5x slower)
+        xs = (torch.arange(cols, dtype=images.dtype) * 2 + 1) / cols - 1
+        ys = (torch.arange(rows, dtype=images.dtype) * 2 + 1) / rows - 1
+        grid_x = (width * flip)[:, None] * xs + centre_x[:, None]
+        grid_y = height[:, None] * ys + centre_y[:, None]
+        grid = torch.stack([grid_x[:, None, :].expand(n, rows, cols), grid_y[:, :, None].expand(n, rows, cols)], -1)
+        return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                                               align_corners=False)
+
+
 class TransformedDataset(Dataset):
     """Applies ``transform`` to a source's images. Keys are indices or ``(index, sample_seed)``
     pairs (from :class:`EpochSampler`); with a seed, the random transform is a function of it.
-    ``cache=True`` (deterministic transforms of small in-memory data) keeps each result."""
+    ``cache=True`` (deterministic transforms of small in-memory data) keeps each result.
+    ``batch_augment`` (with ``cache``): a random :class:`BatchRandomResizedCrop` applied to the
+    cached tensors of a whole batch of seeded keys at once (``__getitems__``, used by DataLoader)."""
 
     def __init__(self, source: Dataset, transform: Callable | None, classes: Sequence[str],
-                 cache: bool = False) -> None:
+                 cache: bool = False, batch_augment: BatchRandomResizedCrop | None = None) -> None:
+        if batch_augment is not None and not cache:
+            raise ValueError("batch_augment needs cache=True (it augments cached tensors)")
         self.source, self.transform, self.classes = source, transform, list(classes)
         self.cache: dict[int, tuple[Any, int]] | None = {} if cache else None
+        self.batch_augment = batch_augment
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
 
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[Any, int]]:
+        seeded = [key for key in keys if isinstance(key, tuple)]
+        if self.batch_augment is None or len(seeded) != len(keys):
+            return [self[key] for key in keys]
+        cached = [self._cached(index) for index, _ in seeded]
+        images = self.batch_augment(torch.stack([img for img, _ in cached]), [seed for _, seed in seeded])
+        return [(img, label) for img, (_, label) in zip(images, cached)]
+
+    def _cached(self, index: int) -> tuple[Any, int]:
+        assert self.cache is not None
+        if index not in self.cache:
+            img, label = self.source[index]
+            self.cache[index] = (self.transform(img) if self.transform else img, label)
+        return self.cache[index]
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         if self.cache is not None:
-            if index not in self.cache:
-                img, label = self.source[index]
-                self.cache[index] = (self.transform(img) if self.transform else img, label)
-            return self.cache[index]
+            if self.batch_augment is not None and seed is not None:
+                return self.__getitems__([key])[0]
+            return self._cached(index)
         img, label = self.source[index]
         if self.transform is None:
             return img, label
@@ -335,6 +406,12 @@ def scan_image_folder(root: str | Path, on_bad_image: str = "skip") -> tuple[lis
 # --------------------------------------------------------------------------- public builders
 
 
+def light_crop(cfg: TrainConfig) -> dict[str, Any]:
+    """Parameters of ``--augment light``: a mild random-resized crop, flips except on digits."""
+    hflip = cfg.hflip if cfg.hflip is not None else (0.0 if data_kind(cfg.data) == "mnist5k" else 0.5)
+    return {"scale": (0.7, 1.0), "ratio": (0.8, 1.25), "hflip": hflip}
+
+
 def build_transform(cfg: TrainConfig, train: bool, img_size: int, in_chans: int) -> Callable:
     """timm transform for real images: augmentation per ``cfg.augment`` when ``train``, else resize + crop."""
     kind = data_kind(cfg.data)
@@ -345,10 +422,9 @@ def build_transform(cfg: TrainConfig, train: bool, img_size: int, in_chans: int)
         crop_pct = None
     if not train or cfg.augment == "none":
         return create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct)
-    hflip = cfg.hflip if cfg.hflip is not None else (0.0 if kind == "mnist5k" else 0.5)
     if cfg.augment == "light":
-        return create_transform(img_size, is_training=True, scale=(0.7, 1.0), ratio=(0.8, 1.25), hflip=hflip,
-                                color_jitter=0.0, mean=mean, std=std)
+        return create_transform(img_size, is_training=True, **light_crop(cfg), color_jitter=0.0, mean=mean, std=std)
+    hflip = cfg.hflip if cfg.hflip is not None else (0.0 if kind == "mnist5k" else 0.5)
     return create_transform(img_size, is_training=True, hflip=hflip, auto_augment="rand-m9-mstd0.5-inc1",
                             color_jitter=0.3, re_prob=0.25, interpolation="bicubic", mean=mean, std=std)
 
@@ -389,8 +465,13 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")
     in_memory = kind == "mnist5k"  # cache deterministic transforms of the small embedded set
-    train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes,
-                                  cache=in_memory and cfg.augment == "none")
+    if in_memory and cfg.augment == "light":
+        # the cached, normalised images, cropped a batch at a time (see BatchRandomResizedCrop)
+        train_ds = TransformedDataset(train_src, build_transform(cfg, False, img_size, in_chans), classes,
+                                      cache=True, batch_augment=BatchRandomResizedCrop(**light_crop(cfg)))
+    else:
+        train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes,
+                                      cache=in_memory and cfg.augment == "none")
     val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, cache=in_memory)
     return train_ds, val_ds, len(classes), in_chans, img_size
 

@@ -29,7 +29,6 @@ from typing import Any, Optional
 
 import torch
 import yaml
-from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -38,6 +37,7 @@ from .checkpoint import JsonlWriter, atomic_save, atomic_write_json, atomic_writ
 from .config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
 from .data import build_datasets, build_loader
 from .engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
+from .optim import create_adamw
 from .timing import sync
 from .errors import UsageError
 from .simmim import SimMIM, check_mask_geometry, default_mask_patch_size
@@ -160,7 +160,7 @@ def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     val_loader = build_loader(val_ds, cfg, False, rank=d.rank, world_size=d.world_size, device=device)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = create_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=cfg.min_lr,
                                      warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
                                      warmup_lr_init=min(1e-6, cfg.lr), t_in_epochs=False)

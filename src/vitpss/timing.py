@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .optim import create_adamw
 from .patching import _samplers_or_raise, keep_rate
 from .samplers import gather_tokens, get_sampler, keep_count
 
@@ -46,7 +47,7 @@ def time_training_steps(
     """
     device = next(model.parameters()).device
     x, y = _input_batch(model, batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = create_adamw(model, lr=1e-6, weight_decay=0.05)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     times: dict[float, list[float]] = {float(r): [] for r in rates}

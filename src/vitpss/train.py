@@ -31,7 +31,6 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
-from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -52,6 +51,7 @@ from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .timing import sync
 from .errors import UsageError
 from .flops import FlopModel
+from .optim import create_adamw
 from .patching import attach, supported_families
 from .pretrained import load_pretrained
 from .schedules import build_schedule
@@ -444,8 +444,7 @@ class Trainer:
         self.schedule = build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=self.steps_per_epoch,
                                        epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
                                        period_steps=cfg.period_steps)
-        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                             layer_decay=cfg.layer_decay)
+        self.optimizer = create_adamw(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,
             warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch), warmup_lr_init=min(1e-6, cfg.lr), t_in_epochs=False)
