@@ -34,3 +34,11 @@ def test_config_loads_and_its_model_builds(path, capsys):
     resolved = resolve_model_config(cfg)
     assert resolved.img_size % resolved.patch_size == 0
     assert capsys.readouterr().err == ""  # no ignored settings in a recipe
+
+
+def test_the_patch4_pair_differs_only_in_the_schedule():
+    base = load_config(CONFIG_DIR / "mnist5k/patch4_baseline.yaml")
+    pss = load_config(CONFIG_DIR / "mnist5k/patch4_pss.yaml")
+    differ = {name for name in vars(base) if getattr(base, name) != getattr(pss, name)}
+    assert differ == {"schedule", "cooldown_epochs", "output"}
+    assert base.schedule == "none" and pss.schedule == "cyclic"
