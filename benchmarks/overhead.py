@@ -9,7 +9,8 @@ in one process (alternated, median of --repeats):
   (timm's parameter groups, fused kernel), one ``step()`` with gradients present;
 - loading: one epoch of the mnist5k training loader per batch with ``--augment light``, timm's
   per-image Pillow transform vs vitpss's batched crop (``BatchRandomResizedCrop``);
-- the full training step (forward, backward, fused AdamW) at keep rate 1.0 and 0.2, for scale.
+- the full training step (forward, backward, fused AdamW) per grid keep rate (``--rates``), rates
+  interleaved: what the step itself saves at each rate, for scale.
 Writes JSON.
 """
 
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rates", default="1.0,0.8,0.6,0.4,0.2", help="keep rates of the step timing")
     parser.add_argument("--json", default="benchmarks/results/overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,7 +81,8 @@ def main() -> None:
             samples.setdefault(name, []).append(per_call_ms(opt.step, 50))
         for name, loader in loaders.items():
             samples.setdefault(name, []).append(loader_ms_per_batch(loader, repeat + 1))
-    step = time_training_steps(model, [1.0, 0.2], batch_size=args.batch_size, repeats=args.repeats * 4)
+    rates = [float(r) for r in args.rates.split(",")]
+    step = time_training_steps(model, rates, batch_size=args.batch_size, repeats=args.repeats * 4)
     rows = {name: statistics.median(values) for name, values in samples.items()}
     rows.update({f"training step at keep rate {r}": seconds * 1e3 for r, seconds in step.items()})
 
@@ -90,10 +93,13 @@ def main() -> None:
     names = list(rows)
     print(f"  optimizer speed-up {rows[names[0]] / rows[names[1]]:.1f}x, loading speed-up "
           f"{rows[names[2]] / rows[names[3]]:.1f}x")
+    if max(step) == 1.0:
+        print("  step time vs keep rate 1.0: " + ", ".join(f"{r}: {t / step[1.0]:.2f}" for r, t in step.items()))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}",
-                               "args": vars(args), "ms": rows}, indent=1))
+                               "args": vars(args), "ms": rows,
+                               "step_vs_full": {str(r): t / step[max(step)] for r, t in step.items()}}, indent=1))
     print(f"wrote {out}")
 
 

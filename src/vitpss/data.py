@@ -205,7 +205,7 @@ class BatchRandomResizedCrop:
     The same distribution as timm's ``RandomResizedCropAndInterpolation`` (area fraction uniform
     in ``scale``, log-uniform aspect ``ratio``, bilinear), except that a crop larger than the image
     is clipped to it instead of re-drawn. One ``grid_sample`` per batch instead of a Pillow crop per
-    image: 15x cheaper for a batch of 32 digits (benchmarks/overhead.py), where the per-image path
+    image: ~15x cheaper for a batch of 32 digits (benchmarks/overhead.py), where the per-image path
     cost as much as the training step. Each image's crop is a pure function of its sample seed.
     """
 

@@ -15,7 +15,7 @@ def create_adamw(model: nn.Module, *, lr: float, weight_decay: float, layer_deca
     """timm AdamW (no weight decay on biases and norms; optional layer-wise LR decay), fused when possible.
 
     torch's default AdamW on CPU loops over the parameters one at a time; the fused kernel does the
-    same update in one pass: 5x faster for the demo ViT (benchmarks/overhead.py: 3.2 -> 0.65 ms of a
+    same update in one pass: ~5x faster for the demo ViT (benchmarks/overhead.py: 2.5 -> 0.5 ms of a
     ~20 ms step).
     """
     params = list(model.parameters())
