@@ -56,7 +56,8 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
     val = [json.loads(line) for line in (out / "val_log.jsonl").read_text().splitlines()]
     fifth = val[-(len(val) // 5 + 1)]["acc1"]  # acc1 at the start of the last fifth of training
     return {"run": str(out), "acc1": summary["acc1"], "best_acc1": summary["best_acc1"],
-            "train_time_s": summary["train_time_s"], "compute_fraction": summary["compute_fraction"],
+            "train_time_s": summary["train_time_s"], "wall_time_s": summary.get("wall_time_s"),
+            "cpu_time_s": summary.get("cpu_time_s"), "compute_fraction": summary["compute_fraction"],
             "gain_last_fifth": summary["acc1"] - fifth, "curve": [v["acc1"] for v in val],
             "sweep": {f"{r['keep_rate']:.1f}": r["acc1"] for r in rows}}
 
@@ -92,11 +93,13 @@ def main() -> None:
             print(f"  {recipe:<22} seed {seed}: acc1 {r['acc1']:.2f}  time {r['train_time_s']:.0f} s  "
                   f"gain over last fifth {r['gain_last_fifth']:+.2f}", flush=True)
 
-    base_time = statistics.fmean(r["train_time_s"] for r in results.get("baseline", results[recipes[0]]))
+    base_runs = results.get("baseline", results[recipes[0]])
+    base_time = statistics.fmean(r["train_time_s"] for r in base_runs)
     rates = args.sweep_rates.split(",")
     table = []
     print(f"\nmnist5k, {args.epochs} epochs, seeds {args.seeds}; acc1 at inference keep rate 1.0 unless noted")
-    print(f"{'recipe':<22}{'acc1':>14}{'best':>8}{'gain5':>7}{'time s':>8}{'t/base':>7}{'FLOPs':>7}"
+    print(f"{'recipe':<22}{'acc1':>14}{'best':>8}{'gain5':>7}{'time s':>8}{'t/base':>7}{'wall/b':>7}{'cpu/b':>7}"
+          f"{'FLOPs':>7}"
           + "".join(f"{'@' + r:>7}" for r in rates[1:]))
     for recipe, runs in results.items():
         acc, std = mean_std([r["acc1"] for r in runs])
@@ -107,10 +110,15 @@ def main() -> None:
                "gain_last_fifth_mean": statistics.fmean(r["gain_last_fifth"] for r in runs),
                "sweep_acc1_mean": {k: statistics.fmean(r["sweep"][f"{float(k):.1f}"] for r in runs) for k in rates}}
         row["time_vs_baseline"] = row["train_time_s"] / base_time
+        for clock in ("wall_time_s", "cpu_time_s"):  # absent in runs made before vitpss recorded them
+            if all(r.get(clock) for r in runs + base_runs):
+                row[clock] = statistics.fmean(r[clock] for r in runs)
+                row[clock.replace("_time_s", "_vs_baseline")] = row[clock] / statistics.fmean(r[clock] for r in base_runs)
         table.append(row)
         print(f"{recipe:<22}{acc:>8.2f} ±{std:>4.2f}{row['best_acc1_mean']:>8.2f}"
               f"{row['gain_last_fifth_mean']:>+7.2f}{row['train_time_s']:>8.0f}"
-              f"{row['time_vs_baseline']:>7.2f}{row['compute_fraction']:>7.2f}"
+              f"{row['time_vs_baseline']:>7.2f}{row.get('wall_vs_baseline', float('nan')):>7.2f}"
+              f"{row.get('cpu_vs_baseline', float('nan')):>7.2f}{row['compute_fraction']:>7.2f}"
               + "".join(f"{row['sweep_acc1_mean'][k]:>7.1f}" for k in rates[1:]))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

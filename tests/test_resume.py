@@ -54,6 +54,14 @@ def test_resumed_run_ends_with_bitwise_equal_weights_and_state(runs):
     assert a["rng"][0]["generator"].equal(b["rng"][0]["generator"])
 
 
+def test_resumed_run_adds_its_wall_and_cpu_time_to_the_checkpoints(runs):
+    _, part, stopped = runs
+    summary = json.loads((part / "summary.json").read_text())
+    before = stopped["run_state"]
+    assert before["wall_time_s"] > 0 and before["cpu_time_s"] > 0
+    assert summary["wall_time_s"] > before["wall_time_s"] and summary["cpu_time_s"] > before["cpu_time_s"]
+
+
 def test_resume_refuses_to_change_the_recipe(runs, capsys):
     _, part, _ = runs
     assert main(["train", "--resume", str(part), "--lr", "0.5"]) == 2

@@ -411,7 +411,9 @@ class RunState:
     step: int = 0
     best_acc1: float = -1.0
     best_epoch: int = -1
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # steps and data waits only
+    wall_time_s: float = 0.0  # the whole loop: steps, logging, evaluations, checkpoints (to the last save)
+    cpu_time_s: float = 0.0  # this process's CPU time over the same span (robust to other load on the machine)
     epoch_time_s: float = 0.0  # training time of the current, unfinished epoch
     images: int = 0
     last_val: Optional[dict[str, float]] = None
@@ -459,6 +461,9 @@ class Trainer:
         self.state = RunState()
         if checkpoint is not None:
             self.restore(checkpoint)
+        # Clock origins shifted by the time already spent, so a resumed run keeps adding to it.
+        self.wall_origin = time.perf_counter() - self.state.wall_time_s
+        self.cpu_origin = time.process_time() - self.state.cpu_time_s
         self.out = prepare_output(cfg, self.d, resuming=checkpoint is not None)
         self.net: nn.Module = self.model
         if self.d.world_size > 1:
@@ -491,6 +496,7 @@ class Trainer:
 
     def save(self, name: str = "checkpoint.pt") -> Optional[Path]:
         """Write the full state (every rank takes part: RNG states are gathered to rank 0)."""
+        self.update_clocks()
         states = [rng_state(self.generator)]
         if self.d.world_size > 1:
             states = [None] * self.d.world_size
@@ -510,6 +516,10 @@ class Trainer:
         path = self.out / name
         atomic_save(ckpt, path)
         return path
+
+    def update_clocks(self) -> None:
+        self.state.wall_time_s = time.perf_counter() - self.wall_origin
+        self.state.cpu_time_s = time.process_time() - self.cpu_origin
 
     # ---- logs
 
@@ -625,12 +635,14 @@ class Trainer:
         if not self.d.main:
             return None
         st = self.state
+        self.update_clocks()
         with torch.random.fork_rng(devices=[]):
             fraction = FlopModel(self.model).compute_fraction(self.schedule.rates())
         last = st.last_val or {}
         summary = {
             "acc1": last.get("acc1"), "acc5": last.get("acc5"), "best_acc1": st.best_acc1,
-            "best_epoch": st.best_epoch, "train_time_s": st.train_time_s,
+            "best_epoch": st.best_epoch, "train_time_s": st.train_time_s, "wall_time_s": st.wall_time_s,
+            "cpu_time_s": st.cpu_time_s,
             "images_per_s": st.images / max(st.train_time_s, 1e-9), "schedule": self.cfg.schedule,
             "sampler": self.cfg.sampler, "epochs": self.cfg.epochs, "steps": self.schedule.total_steps,
             "compute_fraction": fraction, "mean_keep_rate": self.schedule.mean_keep_rate(),
