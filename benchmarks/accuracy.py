@@ -55,6 +55,11 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
         run(["sweep", "--checkpoint", str(out / "checkpoint.pt"), "--keep-rates", args.sweep_rates,
              "--output", str(out), "--repeats", "1", *sampler])
     summary = json.loads((out / "summary.json").read_text())
+    ideal = None
+    if args.step_costs:  # the time ratio the run's keep rates would give if only the step's compute mattered
+        step_vs_full = json.loads(Path(args.step_costs).read_text())["step_vs_full"]
+        rates = [json.loads(line)["keep_rate"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+        ideal = statistics.fmean(step_vs_full[f"{rate:.1f}"] for rate in rates)
     sweep = json.loads((out / "sweep.json").read_text())
     rows = sweep["rows"] if isinstance(sweep, dict) else sweep
     val = [json.loads(line) for line in (out / "val_log.jsonl").read_text().splitlines()]
@@ -66,6 +71,7 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
             "train_time_s": summary["train_time_s"], "wall_time_s": summary.get("wall_time_s"),
             "cpu_time_s": summary.get("cpu_time_s"), "compute_fraction": summary["compute_fraction"],
             "gain_last_fifth": summary["acc1"] - acc[start], "gain_last_fifth_smoothed": smoothed, "curve": acc,
+            "ideal_time_ratio": ideal,
             "sweep": {f"{r['keep_rate']:.1f}": r["acc1"] for r in rows}}
 
 
@@ -84,6 +90,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="skip runs whose results exist")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (timings are then less comparable)")
     parser.add_argument("--json", default="benchmarks/results/accuracy.json")
+    parser.add_argument("--step-costs", metavar="JSON",
+                        help="benchmarks/overhead.py results of the same model: adds the ideal time ratio of each "
+                             "recipe (its logged keep rates weighted by step cost) and efficiency = ideal / measured")
     parser.add_argument("train_args", nargs="*", help="extra `vitpss train` flags (after --)")
     args = parser.parse_args()
 
@@ -118,6 +127,9 @@ def main() -> None:
                "gain_last_fifth_smoothed_mean": statistics.fmean(r["gain_last_fifth_smoothed"] for r in runs),
                "sweep_acc1_mean": {k: statistics.fmean(r["sweep"][f"{float(k):.1f}"] for r in runs) for k in rates}}
         row["time_vs_baseline"] = row["train_time_s"] / base_time
+        if args.step_costs:
+            row["ideal_time_ratio"] = statistics.fmean(r["ideal_time_ratio"] for r in runs)
+            row["efficiency"] = row["ideal_time_ratio"] / row["time_vs_baseline"]
         for clock in ("wall_time_s", "cpu_time_s"):  # absent in runs made before vitpss recorded them
             if all(r.get(clock) for r in runs + base_runs):
                 row[clock] = statistics.fmean(r[clock] for r in runs)
@@ -127,7 +139,8 @@ def main() -> None:
               f"{row['gain_last_fifth_mean']:>+7.2f}{row['gain_last_fifth_smoothed_mean']:>+7.2f}{row['train_time_s']:>8.0f}"
               f"{row['time_vs_baseline']:>7.2f}{row.get('wall_vs_baseline', float('nan')):>7.2f}"
               f"{row.get('cpu_vs_baseline', float('nan')):>7.2f}{row['compute_fraction']:>7.2f}"
-              + "".join(f"{row['sweep_acc1_mean'][k]:>7.1f}" for k in rates[1:]))
+              + "".join(f"{row['sweep_acc1_mean'][k]:>7.1f}" for k in rates[1:])
+              + (f"   ideal {row['ideal_time_ratio']:.3f}, efficiency {row['efficiency']:.3f}" if args.step_costs else ""))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "epochs": args.epochs, "seeds": seeds,
