@@ -36,9 +36,11 @@ def test_config_loads_and_its_model_builds(path, capsys):
     assert capsys.readouterr().err == ""  # no ignored settings in a recipe
 
 
-def test_the_patch4_pair_differs_only_in_the_schedule():
+@pytest.mark.parametrize("name, schedule, extra", [("patch4_pss", "cosine", set()),
+                                                    ("patch4_pss_cyclic", "cyclic", {"cooldown_epochs"})])
+def test_the_patch4_recipes_differ_from_their_baseline_only_in_the_schedule(name, schedule, extra):
     base = load_config(CONFIG_DIR / "mnist5k/patch4_baseline.yaml")
-    pss = load_config(CONFIG_DIR / "mnist5k/patch4_pss.yaml")
+    pss = load_config(CONFIG_DIR / f"mnist5k/{name}.yaml")
     differ = {name for name in vars(base) if getattr(base, name) != getattr(pss, name)}
-    assert differ == {"schedule", "cooldown_epochs", "output"}
-    assert base.schedule == "none" and pss.schedule == "cyclic"
+    assert differ == {"schedule", "output"} | extra
+    assert base.schedule == "none" and pss.schedule == schedule
