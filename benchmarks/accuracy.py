@@ -15,6 +15,7 @@ baseline) and the sweep per recipe, and writes JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -71,6 +72,7 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
             "train_time_s": summary["train_time_s"], "wall_time_s": summary.get("wall_time_s"),
             "cpu_time_s": summary.get("cpu_time_s"), "compute_fraction": summary["compute_fraction"],
             "gain_last_fifth": summary["acc1"] - acc[start], "gain_last_fifth_smoothed": smoothed, "curve": acc,
+            "curve_time_s": list(itertools.accumulate(v["epoch_time"] for v in val)),  # training time at each point
             "ideal_time_ratio": ideal,
             "sweep": {f"{r['keep_rate']:.1f}": r["acc1"] for r in rows}}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from train_helpers import QUIET, TINY_MODEL, make_image_folder
 
-from vitpss.checkpoint import read_jsonl
+from vitpss.checkpoint import atomic_save, read_jsonl
 from vitpss.cli import main
 
 # Every source of randomness is on: augmentation, random patch sampler, drop path, Mixup/CutMix, EMA.
@@ -54,12 +54,18 @@ def test_resumed_run_ends_with_bitwise_equal_weights_and_state(runs):
     assert a["rng"][0]["generator"].equal(b["rng"][0]["generator"])
 
 
-def test_resumed_run_adds_its_wall_and_cpu_time_to_the_checkpoints(runs):
-    _, part, stopped = runs
-    summary = json.loads((part / "summary.json").read_text())
-    before = stopped["run_state"]
-    assert before["wall_time_s"] > 0 and before["cpu_time_s"] > 0
-    assert summary["wall_time_s"] > before["wall_time_s"] and summary["cpu_time_s"] > before["cpu_time_s"]
+def test_resumed_run_adds_its_wall_and_cpu_time_to_the_checkpoints(tmp_path):
+    data = str(make_image_folder(tmp_path / "data", per_class=4))
+    run = tmp_path / "run"
+    assert main(["train", "--data", data, "--output", str(run), "--max-steps", "2", *RECIPE]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["run_state"]["wall_time_s"] > 0 and ckpt["run_state"]["cpu_time_s"] > 0
+    # a long first part: a resume that restarted its clocks would end far below these
+    ckpt["run_state"].update(wall_time_s=1000.0, cpu_time_s=900.0)
+    atomic_save(ckpt, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert 1000 < summary["wall_time_s"] < 1100 and 900 < summary["cpu_time_s"] < 1000
 
 
 def test_resume_refuses_to_change_the_recipe(runs, capsys):
