@@ -1,7 +1,12 @@
-"""Accuracy and training time of PSS recipes vs the baseline on mnist5k, several seeds each.
+"""Accuracy and training time of PSS recipes vs the baseline on one data setting, several seeds each.
 
-    python benchmarks/accuracy.py                                   # all recipes, 3 seeds
+    python benchmarks/accuracy.py                                   # all recipes, 3 seeds, mnist5k
     python benchmarks/accuracy.py --recipes baseline,cyclic-random --seeds 0 --epochs 10
+    python benchmarks/accuracy.py --setting cifar10-short -- --data cifar10 --train-subset 500 ...
+
+The data and model are whatever the extra `vitpss train` flags after `--` say (default: mnist5k and
+the default model); `--setting` names them in the output. benchmarks/recipe_study.py runs this
+over several settings and chooses the default recipe.
 
 Each (recipe, seed) is one `vitpss train` run (same model, recipe and epochs; only the schedule
 and sampler differ), followed by `vitpss sweep` of its final checkpoint at several inference keep
@@ -37,6 +42,12 @@ RECIPES: dict[str, list[str]] = {
     "linear-gumbel": ["--schedule", "linear", "--sampler", "gumbel-magnitude"],
     "cosine-gumbel": ["--schedule", "cosine", "--sampler", "gumbel-magnitude"],
     "fixed0.6-magnitude": ["--schedule", "fixed", "--low", "0.6", "--sampler", "magnitude"],
+    "cosine-random": ["--schedule", "cosine", "--sampler", "random"],
+    "cosine-random-cd": ["--schedule", "cosine", "--sampler", "random", "--cooldown-epochs", "COOLDOWN"],
+    "linear-random": ["--schedule", "linear", "--sampler", "random"],
+    "cosine-magnitude": ["--schedule", "cosine", "--sampler", "magnitude"],
+    # FLIP-style (Li et al. 2023): half the patches at random, then the last epochs with all of them
+    "fixed0.5-random-cd": ["--schedule", "fixed", "--low", "0.5", "--sampler", "random", "--cooldown-epochs", "COOLDOWN"],
 }
 
 
@@ -74,7 +85,7 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
             "gain_last_fifth": summary["acc1"] - acc[start], "gain_last_fifth_smoothed": smoothed, "curve": acc,
             "curve_time_s": list(itertools.accumulate(v["epoch_time"] for v in val)),  # training time at each point
             "ideal_time_ratio": ideal,
-            "sweep": {f"{r['keep_rate']:.1f}": r["acc1"] for r in rows}}
+            "sweep": {f"{r['keep_rate']:g}": r["acc1"] for r in rows}}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -84,6 +95,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--setting", default="mnist5k", help="name of the data/model setting (for the output)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--cooldown-epochs", type=int, default=3)
@@ -115,7 +127,7 @@ def main() -> None:
     base_time = statistics.fmean(r["train_time_s"] for r in base_runs)
     rates = args.sweep_rates.split(",")
     table = []
-    print(f"\nmnist5k, {args.epochs} epochs, seeds {args.seeds}; acc1 at inference keep rate 1.0 unless noted")
+    print(f"\n{args.setting}, {args.epochs} epochs, seeds {args.seeds}; acc1 at inference keep rate 1.0 unless noted")
     print(f"{'recipe':<22}{'acc1':>14}{'best':>8}{'gain5':>7}{'g5~3':>7}{'time s':>8}{'t/base':>7}{'wall/b':>7}{'cpu/b':>7}"
           f"{'FLOPs':>7}"
           + "".join(f"{'@' + r:>7}" for r in rates[1:]))
@@ -127,7 +139,7 @@ def main() -> None:
                "compute_fraction": runs[0]["compute_fraction"],
                "gain_last_fifth_mean": statistics.fmean(r["gain_last_fifth"] for r in runs),
                "gain_last_fifth_smoothed_mean": statistics.fmean(r["gain_last_fifth_smoothed"] for r in runs),
-               "sweep_acc1_mean": {k: statistics.fmean(r["sweep"][f"{float(k):.1f}"] for r in runs) for k in rates}}
+               "sweep_acc1_mean": {k: statistics.fmean(r["sweep"][f"{float(k):g}"] for r in runs) for k in rates}}
         row["time_vs_baseline"] = row["train_time_s"] / base_time
         if args.step_costs:
             row["ideal_time_ratio"] = statistics.fmean(r["ideal_time_ratio"] for r in runs)
@@ -145,7 +157,7 @@ def main() -> None:
               + (f"   ideal {row['ideal_time_ratio']:.3f}, efficiency {row['efficiency']:.3f}" if args.step_costs else ""))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "epochs": args.epochs, "seeds": seeds,
+    meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "setting": args.setting, "epochs": args.epochs, "seeds": seeds,
             "cooldown_epochs": args.cooldown_epochs, "train_args": args.train_args}
     out.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=1))
     print(f"wrote {out}")

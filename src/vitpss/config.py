@@ -28,7 +28,8 @@ from .schedules import SCHEDULES, build_schedule
 #: 1 channel, width 64, depth 4, 4 heads, average pooling), sized for the embedded MNIST subset.
 DEFAULT_MODEL = "vitpss_tiny_mnist"
 AMP_CHOICES = ("off", "auto", "bf16", "fp16")
-AUGMENT_CHOICES = ("none", "light", "randaug")
+AUGMENT_CHOICES = ("none", "light", "pad-crop", "randaug")
+IN_MEMORY_CHOICES = ("auto", "on", "off")
 BAD_IMAGE_CHOICES = ("skip", "error")
 GLOBAL_POOL_CHOICES = ("token", "avg", "max", "avgmax", "map", "")
 DEVICE_HINT = "auto, cpu, cuda or cuda:N"
@@ -55,10 +56,16 @@ class TrainConfig:
     pretrained: str | None = _opt(None, "initial weights: vitpss pretrain/train checkpoint or run dir, timm "
                                         ".pth/.safetensors, or a SimMIM checkpoint (see README)")
     # Data.
-    data: str = _opt("mnist5k", "mnist5k, synthetic, or an ImageFolder root with train/ and val/")
+    data: str = _opt("mnist5k", "mnist5k, cifar10, synthetic, or an ImageFolder root with train/ and val/")
+    data_root: str | None = _opt(None, "where --data cifar10 is (or is downloaded to); default ~/.cache/vitpss/cifar10")
+    train_subset: int | None = _opt(None, "keep this many training images per class (a fixed choice, not seeded)")
+    val_subset: int | None = _opt(None, "keep this many validation images per class (a fixed choice)")
+    in_memory: str = _opt("auto", "decode an ImageFolder once into memory: auto (if one image size and < 4 GiB), "
+                                  "on, off; cifar10 always is")
     synthetic_size: int = _opt(1024, "number of synthetic training images")
     num_classes: int | None = _opt(None, "classes of synthetic data (default 10); others: from the data")
-    augment: str = _opt("light", "training augmentation of real data: none, light, randaug (DeiT)")
+    augment: str = _opt("light", "training augmentation of real data: none, light (random-resized crop), "
+                                 "pad-crop (CIFAR: 4-px padded random crop), randaug (DeiT)")
     hflip: float | None = _opt(None, "horizontal flip probability (default 0 for mnist5k, else 0.5)")
     workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
     on_bad_image: str = _opt("skip", "an ImageFolder file that cannot be read: skip (warn, count, use the next image) "
@@ -100,7 +107,7 @@ class TrainConfig:
 
 
 #: Fields a resumed run may change (they do not alter the computation); all others come from the checkpoint.
-RESUME_OVERRIDABLE = frozenset({"resume", "device", "threads", "workers", "save_every_steps", "max_steps", "quiet", "output", "data",
+RESUME_OVERRIDABLE = frozenset({"resume", "device", "threads", "workers", "save_every_steps", "max_steps", "quiet", "output", "data", "data_root",
                                 "on_bad_image"})
 
 
@@ -195,6 +202,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "in_chans": (lambda v: v in (1, 3), "1 or 3"),
     "drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "synthetic_size": (lambda v: v >= 1, ">= 1"),
+    "train_subset": (lambda v: v >= 1, ">= 1"),
+    "val_subset": (lambda v: v >= 1, ">= 1"),
     "num_classes": (lambda v: v >= 2, ">= 2"),
     "hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "workers": (lambda v: v >= 0, ">= 0"),
@@ -218,6 +227,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
 _CHOICES: dict[str, typing.Sequence[str]] = {
     "amp": AMP_CHOICES,
     "augment": AUGMENT_CHOICES,
+    "in_memory": IN_MEMORY_CHOICES,
     "global_pool": GLOBAL_POOL_CHOICES,
     "schedule": SCHEDULES,
     "sampler": tuple(SAMPLERS),

@@ -7,8 +7,16 @@
 * ``synthetic``: ``--synthetic-size`` random images of the model's input size, ``--num-classes``
   classes, each class a fixed random pattern plus noise (learnable, so a speed run still learns);
   validation: a quarter as many (at most 1,024). No augmentation.
+* ``cifar10``: torchvision's ``CIFAR10`` under ``--data-root`` (downloaded when missing); the
+  official 50,000 training and 10,000 test images, the latter as validation.
 * an ImageFolder root ``PATH`` with ``train/<class>/*`` and ``val/<class>/*`` (any format Pillow
   reads; grayscale, palette and RGBA images are converted to the model's channels).
+
+``cifar10``, and an ImageFolder whose images all have one size and fit ``--in-memory`` (``auto``:
+under :data:`IN_MEMORY_LIMIT_BYTES`), are decoded once and held as a uint8 tensor ``(N, C, H, W)``;
+their augmentation (``pad-crop``, ``light``, ``randaug``) runs on whole batches of tensors
+(:class:`InMemoryDataset`), so a training step does not wait for Pillow. ``--train-subset N`` /
+``--val-subset N`` keep N images per class, a fixed choice independent of ``--seed``.
 
 Transforms come from timm (``create_transform``), except ``--augment light`` on ``mnist5k``: its
 random-resized crop runs on a whole batch of cached tensors at once (:class:`BatchRandomResizedCrop`),
@@ -45,12 +53,20 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 MNIST_TRAIN_SIZE = 4000
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: Input (channels, size) of each data source when the model does not say otherwise.
-DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "folder": (3, 224)}
+DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "cifar10": (3, 32), "folder": (3, 224)}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: ``--in-memory auto`` holds an ImageFolder in memory when its decoded uint8 pixels stay under this.
+IN_MEMORY_LIMIT_BYTES = 4 << 30
 
 
 def data_kind(data: str) -> str:
-    """``mnist5k``, ``synthetic`` or ``folder`` (an ImageFolder path)."""
-    return data if data in ("mnist5k", "synthetic") else "folder"
+    """``mnist5k``, ``synthetic``, ``cifar10`` or ``folder`` (an ImageFolder path)."""
+    return data if data in ("mnist5k", "synthetic", "cifar10") else "folder"
+
+
+def default_data_root() -> Path:
+    """Where ``--data cifar10`` looks for (and downloads) its files: ``$XDG_CACHE_HOME/vitpss`` or ``~/.cache/vitpss``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitpss"
 
 
 # --------------------------------------------------------------------------- image sources
@@ -168,6 +184,69 @@ class SyntheticImages(Dataset):
         return self.patterns[label] + 2.0 * torch.randn(self.shape, generator=g), label
 
 
+def load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """torchvision's CIFAR-10 under ``root``, downloaded when missing: uint8 ``(N, 32, 32, 3)`` images
+    and int64 labels of the training set (50,000) and of the test set (10,000)."""
+    from torchvision.datasets import CIFAR10
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        splits = [CIFAR10(str(root), train=train, download=False) for train in (True, False)]
+    except RuntimeError:  # not there (or corrupted): download, or use an archive the user put there
+        try:
+            splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
+        except Exception as err:  # noqa: BLE001 - urllib, tarfile and torchvision raise many types offline
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            raise UsageError(f"--data cifar10: no CIFAR-10 in {root} and the download failed ({reason}): put "
+                             f"cifar-10-python.tar.gz from {CIFAR10.url} into {root} (or pass --data-root DIR, "
+                             f"or --data PATH to an ImageFolder copy)") from None
+    return (splits[0].data, np.asarray(splits[0].targets, dtype=np.int64),
+            splits[1].data, np.asarray(splits[1].targets, dtype=np.int64))
+
+
+def per_class_subset(labels: np.ndarray, per_class: int | None) -> np.ndarray:
+    """Sorted indices of at most ``per_class`` images of each class: the first ones of each class in
+    a fixed permutation (``numpy.random.default_rng(0)``), so the subset does not depend on ``--seed``
+    and a smaller subset is part of a larger one. ``None`` keeps everything."""
+    if per_class is None:
+        return np.arange(len(labels))
+    order = np.random.default_rng(0).permutation(len(labels))
+    return np.sort(np.concatenate([order[labels[order] == c][:per_class] for c in np.unique(labels)]))
+
+
+def to_uint8_tensor(images: np.ndarray, in_chans: int) -> torch.Tensor:
+    """``(N, H, W)`` or ``(N, H, W, C)`` uint8 pixels as a ``(N, in_chans, H, W)`` uint8 tensor
+    (RGB to grey by ITU-R 601 luma, as Pillow's ``convert("L")``; grey to RGB by repetition)."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[1] == 3 and in_chans == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        x = (x.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif x.shape[1] == 1 and in_chans == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x.contiguous()
+
+
+def image_sizes(samples: Sequence[tuple[str, int]]) -> set[tuple[int, int]]:
+    """The distinct ``(width, height)`` of the images (read from their headers; unreadable files are skipped)."""
+    sizes = set()
+    for path, _ in samples:
+        with contextlib.suppress(Exception):
+            with Image.open(path) as img:
+                sizes.add(img.size)
+    return sizes
+
+
+def decode_folder(images: FolderImages, desc: str, progress: bool = True) -> torch.Tensor:
+    """Every image of ``images`` decoded once into a ``(N, C, H, W)`` uint8 tensor (bad files as in
+    :class:`FolderImages`). The images must all have one size."""
+    from tqdm import tqdm
+
+    arrays = [np.asarray(images[i][0]) for i in tqdm(range(len(images)), desc=desc, disable=not progress,
+                                                      unit="img", leave=False, mininterval=1.0)]
+    return to_uint8_tensor(np.stack(arrays), images.in_chans)
+
+
 # --------------------------------------------------------------------------- seeded transforms
 
 
@@ -231,6 +310,94 @@ class BatchRandomResizedCrop:
         grid = torch.stack([grid_x[:, None, :].expand(n, rows, cols), grid_y[:, :, None].expand(n, rows, cols)], -1)
         return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border",
                                                align_corners=False)
+
+
+class BatchPadCrop:
+    """Random crop of a zero-padded batch (``pad`` pixels on each side, CIFAR's standard
+    augmentation) and horizontal flip with probability ``hflip``; each image's offsets and flip are
+    a pure function of its sample seed. One indexing operation for the whole batch."""
+
+    def __init__(self, pad: int, hflip: float = 0.5) -> None:
+        self.pad, self.hflip = pad, hflip
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        n, _, rows, cols = images.shape
+        u = torch.from_numpy(seeded_uniforms(seeds, 3))
+        top = (u[:, 0] * (2 * self.pad + 1)).long().clamp(max=2 * self.pad)
+        left = (u[:, 1] * (2 * self.pad + 1)).long().clamp(max=2 * self.pad)
+        row_index = top[:, None] + torch.arange(rows)
+        col_index = left[:, None] + torch.arange(cols)
+        col_index = torch.where((u[:, 2] < self.hflip)[:, None], col_index.flip(1), col_index)
+        padded = torch.nn.functional.pad(images, (self.pad,) * 4)
+        # advanced indices on dims 0, 2, 3 around the channel slice -> (n, rows, cols, channels)
+        crops = padded[torch.arange(n)[:, None, None], :, row_index[:, :, None], col_index[:, None, :]]
+        return crops.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorRandAugment:
+    """DeiT-style RandAugment for uint8 tensors, one image at a time, seeded by its sample seed:
+    torchvision's ``RandAugment`` (2 ops, magnitude 9) before the crop, and timm's ``RandomErasing``
+    (probability 0.25, per-pixel noise) after normalisation."""
+
+    def __init__(self, erase_prob: float = 0.25) -> None:
+        from timm.data.random_erasing import RandomErasing
+        from torchvision.transforms import v2
+
+        self.augment = v2.RandAugment(num_ops=2, magnitude=9)
+        self.erase = RandomErasing(erase_prob, mode="pixel", device="cpu")
+
+    def before(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        out = []
+        for img, seed in zip(images, seeds):
+            with seeded_rng(int(seed)):
+                out.append(self.augment(img))
+        return torch.stack(out)
+
+    def after(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        for img, seed in zip(images, seeds):
+            with seeded_rng(int(seed) + 1):
+                self.erase(img[None])  # in place
+        return images
+
+
+class InMemoryDataset(Dataset):
+    """Images held as one uint8 tensor ``(N, C, H, W)``, served as normalised float tensors of
+    ``img_size`` pixels. Keys are indices or ``(index, sample_seed)`` pairs (:class:`EpochSampler`);
+    with seeds, a whole batch is augmented at once on tensors (``__getitems__``, used by DataLoader):
+    ``crop`` (:class:`BatchPadCrop` or :class:`BatchRandomResizedCrop`) and optionally
+    ``randaug`` (:class:`TensorRandAugment`)."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, classes: Sequence[str], *, img_size: int,
+                 mean: Sequence[float], std: Sequence[float], crop: Callable | None = None,
+                 randaug: TensorRandAugment | None = None) -> None:
+        self.images, self.labels, self.classes, self.img_size = images, np.asarray(labels), list(classes), img_size
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.crop, self.randaug = crop, randaug
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[torch.Tensor, int]]:
+        index = [key[0] if isinstance(key, tuple) else key for key in keys]
+        seeds = [key[1] for key in keys if isinstance(key, tuple)]
+        augment = len(seeds) == len(keys)
+        x = self.images[index]
+        if augment and self.randaug is not None:
+            x = self.randaug.before(x, seeds)
+        x = x.float().div_(255)
+        if augment and self.crop is not None:
+            x = self.crop(x, seeds)
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            x = torch.nn.functional.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        if augment and self.randaug is not None:
+            x = self.randaug.after(x, seeds)
+        return list(zip(x.unbind(0), self.labels[index].tolist()))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([key])[0]
 
 
 class TransformedDataset(Dataset):
@@ -419,25 +586,63 @@ def light_crop(cfg: TrainConfig) -> dict[str, Any]:
 def build_transform(cfg: TrainConfig, train: bool, img_size: int, in_chans: int) -> Callable:
     """timm transform for real images: augmentation per ``cfg.augment`` when ``train``, else resize + crop."""
     kind = data_kind(cfg.data)
-    if kind == "mnist5k":
-        mean, std, crop_pct = MNIST_MEAN * in_chans, MNIST_STD * in_chans, 1.0
-    else:
-        mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,), (0.5,))
-        crop_pct = None
+    mean, std = _normalisation(kind, in_chans)
+    crop_pct = 1.0 if kind == "mnist5k" else None
     if not train or cfg.augment == "none":
         return create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct)
     if cfg.augment == "light":
         return create_transform(img_size, is_training=True, **light_crop(cfg), color_jitter=0.0, mean=mean, std=std)
+    if cfg.augment == "pad-crop":
+        from torchvision import transforms as T
+
+        return T.Compose([T.Resize(img_size), T.CenterCrop(img_size), T.RandomCrop(img_size, padding=max(1, img_size // 8)),
+                          T.RandomHorizontalFlip(hflip_probability(cfg)), T.ToTensor(), T.Normalize(mean, std)])
     return create_transform(img_size, is_training=True, hflip=hflip_probability(cfg), auto_augment="rand-m9-mstd0.5-inc1",
                             color_jitter=0.3, re_prob=0.25, interpolation="bicubic", mean=mean, std=std)
+
+
+def _normalisation(kind: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if kind == "mnist5k":
+        return MNIST_MEAN * in_chans, MNIST_STD * in_chans
+    return (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,), (0.5,))
+
+
+def _in_memory_datasets(cfg: TrainConfig, kind: str, train: tuple[torch.Tensor, np.ndarray],
+                        val: tuple[torch.Tensor, np.ndarray], classes: Sequence[str],
+                        img_size: int, in_chans: int) -> tuple[Dataset, Dataset]:
+    mean, std = _normalisation(kind, in_chans)
+    crop: Callable | None = None
+    if cfg.augment in ("pad-crop", "randaug"):
+        crop = BatchPadCrop(pad=max(1, round(train[0].shape[-1] / 8)), hflip=hflip_probability(cfg))
+    elif cfg.augment == "light":
+        crop = BatchRandomResizedCrop(**light_crop(cfg))
+    randaug = TensorRandAugment() if cfg.augment == "randaug" else None
+    common = {"img_size": img_size, "mean": mean, "std": std}
+    return (InMemoryDataset(*train, classes, crop=crop, randaug=randaug, **common),
+            InMemoryDataset(*val, classes, **common))
+
+
+def _folder_in_memory(cfg: TrainConfig, samples: Sequence[tuple[str, int]], in_chans: int) -> bool:
+    """Whether ``--in-memory`` holds this ImageFolder in memory (``auto``: one image size, under the limit)."""
+    if cfg.in_memory == "off":
+        return False
+    sizes = image_sizes(samples)
+    if len(sizes) > 1:
+        if cfg.in_memory == "on":
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
+            raise UsageError(f"--in-memory on needs images of one size, but --data {cfg.data} has {len(sizes)} "
+                             f"sizes ({shown}, ...): resize them, or pass --in-memory off")
+        return False
+    width, height = next(iter(sizes), (0, 0))
+    return cfg.in_memory == "on" or len(samples) * width * height * in_chans <= IN_MEMORY_LIMIT_BYTES
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
     """``(train_ds, val_ds, num_classes, in_chans, img_size)`` for ``cfg.data``.
 
     Images are prepared for ``cfg.in_chans`` channels and ``cfg.img_size`` pixels, or, where those
-    are ``None``, for the data's own defaults (mnist5k: 1 and 28; others: 3 and 224), which are
-    returned. Datasets yield ``(image tensor, label)``. Bad data raises UsageError.
+    are ``None``, for the data's own defaults (:data:`DATA_DEFAULTS`), which are returned. Datasets
+    yield ``(image tensor, label)``. Bad data raises UsageError.
     """
     kind = data_kind(cfg.data)
     default_chans, default_size = DATA_DEFAULTS[kind]
@@ -451,22 +656,43 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
         val_src = SyntheticImages(val_size, in_chans, img_size, num_classes, cfg.seed, offset=cfg.synthetic_size)
         return (TransformedDataset(train_src, None, classes), TransformedDataset(val_src, None, classes),
                 num_classes, in_chans, img_size)
+    memory: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None
     if kind == "mnist5k":
         images, labels = load_mnist5k()
         order = np.random.default_rng(0).permutation(len(images))
         train_idx, val_idx = order[:MNIST_TRAIN_SIZE], order[MNIST_TRAIN_SIZE:]
+        train_idx = train_idx[per_class_subset(labels[train_idx], cfg.train_subset)]
+        val_idx = val_idx[per_class_subset(labels[val_idx], cfg.val_subset)]
         classes = [str(i) for i in range(10)]
         train_src = ArrayImages(images[train_idx], labels[train_idx], in_chans)
         val_src = ArrayImages(images[val_idx], labels[val_idx], in_chans)
+    elif kind == "cifar10":
+        root = Path(cfg.data_root).expanduser() if cfg.data_root else default_data_root() / "cifar10"
+        train_x, train_y, val_x, val_y = load_cifar10(root)
+        classes = list(CIFAR10_CLASSES)
+        keep_train, keep_val = per_class_subset(train_y, cfg.train_subset), per_class_subset(val_y, cfg.val_subset)
+        memory = ((to_uint8_tensor(train_x[keep_train], in_chans), train_y[keep_train]),
+                  (to_uint8_tensor(val_x[keep_val], in_chans), val_y[keep_val]))
     else:
         classes, train_samples, val_samples = scan_image_folder(cfg.data, cfg.on_bad_image)
         if len(classes) < 2:
             raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
+        subsets = []
+        for samples, per_class in ((train_samples, cfg.train_subset), (val_samples, cfg.val_subset)):
+            labels = np.asarray([label for _, label in samples], dtype=np.int64)
+            subsets.append([samples[i] for i in per_class_subset(labels, per_class)])
+        train_samples, val_samples = subsets
         train_src = FolderImages(train_samples, in_chans, cfg.on_bad_image)
         val_src = FolderImages(val_samples, in_chans, cfg.on_bad_image)
+        if _folder_in_memory(cfg, train_samples + val_samples, in_chans):
+            progress = not cfg.quiet
+            memory = ((decode_folder(train_src, "decoding train/", progress), np.asarray([y for _, y in train_samples])),
+                      (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_samples])))
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")
+    if memory is not None:
+        return (*_in_memory_datasets(cfg, kind, *memory, classes, img_size, in_chans), len(classes), in_chans, img_size)
     in_memory = kind == "mnist5k"  # cache deterministic transforms of the small embedded set
     if in_memory and cfg.augment == "light":
         # the cached, normalised images, cropped a batch at a time (see BatchRandomResizedCrop)
@@ -489,7 +715,7 @@ def default_workers(cfg: TrainConfig, world_size: int = 1) -> int:
     if cfg.workers is not None:
         return cfg.workers
     if data_kind(cfg.data) != "folder":
-        return 0
+        return 0  # in memory
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_process = cpus // world_size
     on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())

@@ -1,0 +1,168 @@
+"""Which PSS recipe to make the default: every recipe on several data settings, chosen by one rule.
+
+    python benchmarks/recipe_study.py run --settings mnist5k-short,cifar10-short --seeds 0 --jobs 2
+    python benchmarks/recipe_study.py report            # tables, the rule's choice, time-to-accuracy figure
+
+`run` calls benchmarks/accuracy.py once per setting (same recipes, seeds and epochs for each) and
+writes benchmarks/results/study_<setting>.json. CIFAR-10 settings read the JPEG copy of
+../shared/data (unpack it and pass --cifar-root; say "CIFAR-10 (JPEG copy)" next to its numbers).
+
+`report` reads those files and applies the rule: among recipes whose training time is at most
+--max-time-ratio of the baseline's in every setting, take the one whose *worst* accuracy gap to the
+baseline over all settings is smallest (ties: the faster one). It prints one table per setting
+(acc1 mean ± std, gap, time ratio, time to reach the baseline's final acc1, acc1 at inference keep
+rates 0.5 and 0.25), the rule's outcome, and draws validation acc1 against training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+#: CIFAR model: a ViT for 32-px images, patch 4 (64 patches + class token), width 96, depth 4.
+CIFAR_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--embed-dim", "96",
+               "--depth", "4", "--num-heads", "3", "--batch-size", "64", "--lr", "1e-3", "--warmup-epochs", "1",
+               "--augment", "pad-crop", "--val-subset", "200"]
+
+#: name -> (epochs, cooldown epochs, `vitpss train` flags); CIFAR_ROOT is replaced by --cifar-root.
+SETTINGS: dict[str, tuple[int, int, list[str]]] = {
+    "mnist5k-short": (15, 3, []),
+    "mnist5k-small": (40, 6, ["--train-subset", "100"]),
+    "cifar10-short": (15, 3, ["--data", "CIFAR_ROOT", "--train-subset", "500", *CIFAR_MODEL]),
+    "cifar10-long": (60, 8, ["--data", "CIFAR_ROOT", "--train-subset", "200", *CIFAR_MODEL]),
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    for name in args.settings.split(","):
+        epochs, cooldown, flags = SETTINGS[name]
+        flags = [args.cifar_root if f == "CIFAR_ROOT" else f for f in flags]
+        cmd = [sys.executable, str(HERE / "accuracy.py"), "--setting", name, "--recipes", args.recipes,
+               "--seeds", args.seeds, "--epochs", str(epochs), "--cooldown-epochs", str(cooldown),
+               "--sweep-rates", "1.0,0.5,0.25", "--jobs", str(args.jobs), "--reuse",
+               "--runs", str(Path(args.runs) / name), "--json", str(RESULTS / f"study_{name}.json"),
+               "--", "--threads", "1", *flags]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def time_to_reach(curve: list[float], times: list[float], target: float) -> float | None:
+    """Training time at the first evaluation with acc1 >= target (None if never)."""
+    return next((t for a, t in zip(curve, times) if a >= target), None)
+
+
+def setting_rows(data: dict) -> list[dict]:
+    runs = data["runs"]
+    base = runs["baseline"]
+    base_acc = statistics.fmean(r["acc1"] for r in base)
+    base_time = statistics.fmean(r["train_time_s"] for r in base)
+    base_cpu = statistics.fmean(r["cpu_time_s"] for r in base)
+    rows = []
+    for recipe, rs in runs.items():
+        accs = [r["acc1"] for r in rs]
+        reach = [time_to_reach(r["curve"], r["curve_time_s"], base_acc) for r in rs]
+        rows.append({
+            "recipe": recipe, "seeds": len(rs), "acc1": statistics.fmean(accs),
+            "acc1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "gap": statistics.fmean(accs) - base_acc,
+            "time_ratio": statistics.fmean(r["train_time_s"] for r in rs) / base_time,
+            "cpu_ratio": statistics.fmean(r["cpu_time_s"] for r in rs) / base_cpu,
+            "reach_ratio": (statistics.fmean(reach) / base_time) if all(x is not None for x in reach) else None,
+            "gain5": statistics.fmean(r["gain_last_fifth_smoothed"] for r in rs),
+            "at0.5": statistics.fmean(r["sweep"]["0.5"] for r in rs),
+            "at0.25": statistics.fmean(r["sweep"]["0.25"] for r in rs),
+        })
+    return rows
+
+
+def choose(tables: dict[str, list[dict]], max_time_ratio: float) -> tuple[str | None, dict[str, float]]:
+    """The rule: smallest worst-case gap over settings among recipes within the time bound everywhere."""
+    recipes = set.intersection(*(set(r["recipe"] for r in rows) for rows in tables.values())) - {"baseline"}
+    worst: dict[str, float] = {}
+    for recipe in recipes:
+        rows = [next(r for r in t if r["recipe"] == recipe) for t in tables.values()]
+        if all(r["time_ratio"] <= max_time_ratio for r in rows):
+            worst[recipe] = min(r["gap"] for r in rows)
+    best = max(worst, key=lambda k: worst[k]) if worst else None
+    return best, worst
+
+
+def report(args: argparse.Namespace) -> None:
+    tables, curves = {}, {}
+    for path in sorted(RESULTS.glob("study_*.json")):
+        data = json.loads(path.read_text())
+        name = data["meta"]["setting"]
+        if "baseline" not in data["runs"]:
+            continue
+        tables[name] = setting_rows(data)
+        curves[name] = data["runs"]
+        print(f"\n{name} ({data['meta']['epochs']} epochs, seeds {data['meta']['seeds']}, {data['meta']['machine']})")
+        print(f"{'recipe':<20}{'acc1':>14}{'gap':>7}{'time':>6}{'cpu':>6}{'reach':>7}{'gain5':>7}{'@0.5':>7}{'@0.25':>7}")
+        for r in sorted(tables[name], key=lambda r: -r["gap"]):
+            reach = f"{r['reach_ratio']:.2f}" if r["reach_ratio"] is not None else "never"
+            print(f"{r['recipe']:<20}{r['acc1']:>8.2f} ±{r['acc1_std']:>4.2f}{r['gap']:>+7.2f}{r['time_ratio']:>6.2f}"
+                  f"{r['cpu_ratio']:>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}")
+    best, worst = choose(tables, args.max_time_ratio)
+    print(f"\nrule: recipes at <= {args.max_time_ratio}x the baseline's time in every setting, ranked by worst gap:")
+    for recipe, gap in sorted(worst.items(), key=lambda kv: -kv[1]):
+        print(f"  {recipe:<20} worst gap {gap:+.2f} pt")
+    print(f"chosen: {best}")
+    out = RESULTS / "study_report.json"
+    out.write_text(json.dumps({"max_time_ratio": args.max_time_ratio, "chosen": best, "worst_gap": worst,
+                               "tables": tables}, indent=1))
+    print(f"wrote {out}")
+    if args.figure:
+        draw(curves, args.figure, [r for r in (best, "cyclic-gumbel", "cyclic-magnitude") if r])
+
+
+def draw(curves: dict[str, dict], output: str, highlight: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], curves.items()):
+        for recipe in ["baseline", *highlight]:
+            if recipe not in runs:
+                continue
+            r = runs[recipe][0]  # seed 0
+            ax.plot([t / 60 for t in r["curve_time_s"]], r["curve"], label=recipe,
+                    lw=2 if recipe == "baseline" else 1.2)
+        ax.set_title(name)
+        ax.set_xlabel("training time (min, seed 0)")
+        ax.set_ylabel("val acc1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    print(f"wrote {output}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument("--recipes", default="baseline,cyclic-magnitude,cyclic-random,cyclic-gumbel,cyclic-random-cd,"
+                                        "cosine-random,cosine-gumbel,fixed0.5-random-cd")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--cifar-root", default="/tmp/cifar10", help="unpacked ../shared/data/cifar10-jpg.tar.gz")
+    p.add_argument("--runs", default=str(HERE / ".cache" / "study"))
+    p = sub.add_parser("report")
+    p.add_argument("--max-time-ratio", type=float, default=0.7)
+    p.add_argument("--figure", default="docs/study-time-to-accuracy.png")
+    args = parser.parse_args()
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
