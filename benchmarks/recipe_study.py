@@ -35,8 +35,8 @@ CIFAR_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-s
 SETTINGS: dict[str, tuple[int, int, list[str]]] = {
     "mnist5k-short": (15, 3, []),
     "mnist5k-small": (40, 6, ["--train-subset", "100"]),
-    "cifar10-short": (15, 3, ["--data", "CIFAR_ROOT", "--train-subset", "500", *CIFAR_MODEL]),
-    "cifar10-long": (60, 8, ["--data", "CIFAR_ROOT", "--train-subset", "200", *CIFAR_MODEL]),
+    "cifar10-short": (15, 3, ["--data", "CIFAR_ROOT", "--train-subset", "200", *CIFAR_MODEL]),
+    "cifar10-long": (60, 8, ["--data", "CIFAR_ROOT", "--train-subset", "100", *CIFAR_MODEL]),
 }
 
 
