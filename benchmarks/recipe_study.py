@@ -60,6 +60,16 @@ def time_to_reach(curve: list[float], times: list[float], target: float) -> floa
     return next((t for a, t in zip(curve, times) if a >= target), None)
 
 
+def data_wait_share(run_dir: str) -> float | None:
+    """Share of the training time spent waiting for batches (train_log.jsonl's data_time)."""
+    path = Path(run_dir) / "train_log.jsonl"
+    if not path.exists():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    wait = sum(r["data_time"] for r in records)
+    return wait / (wait + sum(r["step_time"] for r in records))
+
+
 def setting_rows(data: dict) -> list[dict]:
     runs = data["runs"]
     base = runs["baseline"]
@@ -80,6 +90,7 @@ def setting_rows(data: dict) -> list[dict]:
             "gain5": statistics.fmean(r["gain_last_fifth_smoothed"] for r in rs),
             "at0.5": statistics.fmean(r["sweep"]["0.5"] for r in rs),
             "at0.25": statistics.fmean(r["sweep"]["0.25"] for r in rs),
+            "data_wait_share": data_wait_share(rs[0]["run"]),
         })
     return rows
 
@@ -106,11 +117,13 @@ def report(args: argparse.Namespace) -> None:
         tables[name] = setting_rows(data)
         curves[name] = data["runs"]
         print(f"\n{name} ({data['meta']['epochs']} epochs, seeds {data['meta']['seeds']}, {data['meta']['machine']})")
-        print(f"{'recipe':<20}{'acc1':>14}{'gap':>7}{'time':>6}{'cpu':>6}{'reach':>7}{'gain5':>7}{'@0.5':>7}{'@0.25':>7}")
+        print(f"{'recipe':<20}{'acc1':>14}{'gap':>7}{'time':>6}{'cpu':>6}{'reach':>7}{'gain5':>7}{'@0.5':>7}{'@0.25':>7}"
+              f"{'wait':>6}")
         for r in sorted(tables[name], key=lambda r: -r["gap"]):
             reach = f"{r['reach_ratio']:.2f}" if r["reach_ratio"] is not None else "never"
             print(f"{r['recipe']:<20}{r['acc1']:>8.2f} ±{r['acc1_std']:>4.2f}{r['gap']:>+7.2f}{r['time_ratio']:>6.2f}"
-                  f"{r['cpu_ratio']:>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}")
+                  f"{r['cpu_ratio']:>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}"
+                  f"{100 * (r['data_wait_share'] or 0):>5.1f}%")
     best, worst = choose(tables, args.max_time_ratio)
     print(f"\nrule: recipes at <= {args.max_time_ratio}x the baseline's time in every setting, ranked by worst gap:")
     for recipe, gap in sorted(worst.items(), key=lambda kv: -kv[1]):
