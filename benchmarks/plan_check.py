@@ -2,7 +2,7 @@
 
 Two identical deit_tiny models with their own AdamW; step t of the schedule arm and step t of the
 baseline arm alternate (and which arm goes first alternates), so machine drift hits both alike.
-Compare with ``vitpss plan``'s time fraction for the same schedule (README "Plan a run").
+Compare with ``vitpss plan``'s time fraction for the same schedule (docs/cli.md "vitpss plan").
 
 Usage: python benchmarks/plan_check.py STEPS_PER_EPOCH ROUNDS BATCH THREADS   (e.g. 20 3 32 1)
 """

@@ -5,7 +5,7 @@ uses) every distinct rate is one specialised graph. On the quantum grid the numb
 bounded by the number of grid rates; revisiting a rate reuses its graph. ``--quantum 0`` makes
 every new rate a new compilation. (Under torch's default automatic-dynamic setting the count
 depends on the backend: we saw 3 graphs for 5 rates with ``eager``, and 5 with ``inductor``,
-each traced symbolically first and then specialised again; see README "torch.compile".)
+each traced symbolically first and then specialised again; see docs/cli.md "torch.compile".)
 """
 
 import copy

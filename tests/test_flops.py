@@ -16,7 +16,7 @@ def tiny():
 
 
 def test_deit_small_forward_flops_match_the_published_count():
-    # PSS_SPEC.md §9.5: 4.608 GFLOPs as fvcore counts them (one multiply-add = one flop)
+    # docs/method.md §9.5: 4.608 GFLOPs as fvcore counts them (one multiply-add = one flop)
     model = vitpss.attach(timm.create_model("deit_small_patch16_224"))
     assert count_flops(model, 1.0, backward=False) / 2 / 1e9 == pytest.approx(4.608, rel=0.01)
 

@@ -150,7 +150,7 @@ def test_unknown_schedule_lists_valid_names():
         vitpss.build_schedule("triangle")
 
 
-# --- the original code (PSS_SPEC.md §2) -------------------------------------------------------
+# --- the original code (docs/method.md §2) ----------------------------------------------------
 
 def test_paper_cyclic_switch_points_within_a_2502_step_epoch():
     schedule = vitpss.paper_schedule("cyclic", steps_per_epoch=2502, epochs=1)
@@ -161,7 +161,7 @@ def test_paper_cyclic_switch_points_within_a_2502_step_epoch():
 
 
 def _original_cyclic_drop(t, s, e, ipe, T):
-    """The formula as PSS_SPEC.md §2.4 writes it, step by step."""
+    """The formula as docs/method.md §2.4 writes it, step by step."""
     if t > T - 1:
         return 0.0
     u = t % ipe

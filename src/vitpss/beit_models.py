@@ -4,7 +4,7 @@ All are timm ``Beit`` models (relative position bias in every block, mean poolin
 ``vitpss.attach`` samples them with the bias gathered at the kept positions. The SimMIM ViT-B of
 the paper is timm's own ``beit_base_patch16_224`` (no absolute position embedding, LayerScale 0.1).
 
-* ``vitpss_pss_deit_small_patch16_{224,384}``: the paper's DeiT-S + PSS model (PSS_SPEC.md §4):
+* ``vitpss_pss_deit_small_patch16_{224,384}``: the paper's DeiT-S + PSS model (docs/method.md §4):
   width 384, depth 12, 6 heads, absolute **and** relative position embedding, no LayerScale.
 * ``vitpss_tiny_beit_mnist``: 28 px, patch 7 (16 patches), 1 channel, width 64, depth 4, 4 heads,
   relative position bias, LayerScale 0.1: a SimMIM-style ViT sized for the embedded MNIST subset.

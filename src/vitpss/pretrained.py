@@ -6,7 +6,7 @@ Accepted files:
   ``encoder.``, as SimMIM) and ``vitpss train`` (``{"model": timm state dict, ...}``);
 * timm checkpoints: a bare state dict, or one under ``model`` / ``state_dict`` / ``module``, in a
   ``torch.save`` file or a ``.safetensors`` file;
-* the official SimMIM layout (PSS_SPEC.md §5.2): weights under ``model``; when keys start with
+* the official SimMIM layout (docs/method.md §5.2): weights under ``model``; when keys start with
   ``encoder.`` only those are kept, prefix stripped (the decoder and ``mask_token`` are
   pre-training only); a shared ``rel_pos_bias`` table is copied to every block of a model with
   per-block tables; ``relative_position_index`` buffers are dropped; bias tables, the absolute

@@ -11,7 +11,7 @@ Two families:
   rounded to a grid of ``quantum`` (half-up, never to 0).
 * :func:`paper_schedule` — the original PSS code's schedulers value for value: drop ratios
   ``start_drop``/``end_drop`` (default 0.8 → −0.1), clamp, then Python's banker's rounding to
-  steps of 0.2 (PSS_SPEC.md §2).
+  steps of 0.2 (docs/method.md §2).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class PaperSchedule(_RunSummary):
 
     Works in drop ratios ``d`` as the original did and returns the keep rate ``1 - d``. Formulas,
     end behaviour and rounding (clamp to [0, 1], then ``round(5 * d) / 5`` with banker's
-    rounding) follow PSS_SPEC.md §2; ``fixed`` is the original's linear with start = end.
+    rounding) follow docs/method.md §2; ``fixed`` is the original's linear with start = end.
     """
 
     name: str
@@ -234,6 +234,6 @@ def paper_schedule(
     end_drop: float = -0.1,
     cooldown_epochs: int = 0,
 ) -> PaperSchedule:
-    """The original code's schedule ``name`` with its drop-ratio parameters (PSS_SPEC.md §2)."""
+    """The original code's schedule ``name`` with its drop-ratio parameters (docs/method.md §2)."""
     return PaperSchedule(name=name, steps_per_epoch=steps_per_epoch, epochs=epochs,
                          start_drop=start_drop, end_drop=end_drop, cooldown_epochs=cooldown_epochs)
