@@ -12,7 +12,7 @@ import torch
 from matplotlib.image import imread
 
 import vitpss
-from vitpss import plots
+from vitpss import figures as plots
 from vitpss.cli import main
 from vitpss.errors import UsageError
 from vitpss.flops import FlopModel

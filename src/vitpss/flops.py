@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .patching import _samplers_or_raise, keep_rate
+from .patching.core import _samplers_or_raise, keep_rate
 from .samplers import keep_count
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
-from .plots import Draw, _new_figure, figure, grey_out, save_figure
+from .figures import Draw, _new_figure, figure, grey_out, save_figure
 from .simmim import SimMIM
 
 
@@ -33,8 +33,8 @@ def plot_reconstructions(run_dir: Path, output: Path, *, num_images: int = 8, se
                          device: str = "cpu") -> Path:
     """Draw originals, masked inputs and reconstructions of ``num_images`` validation images."""
     from .data import build_datasets
-    from .pretrain import model_from_pretrain_checkpoint
-    from .sweep import display_images
+    from .commands.pretrain import model_from_pretrain_checkpoint
+    from .commands.sweep import display_images
 
     if num_images < 1:
         raise UsageError(f"--images={num_images} must be >= 1")

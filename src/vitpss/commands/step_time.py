@@ -7,9 +7,9 @@ import argparse
 import timm
 import torch
 
-from .patching import attach, token_count
-from .schedules import build_schedule
-from .timing import time_training_steps
+from ..patching import attach, token_count
+from ..schedules import build_schedule
+from ..timing import time_training_steps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

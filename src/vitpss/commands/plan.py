@@ -23,13 +23,13 @@ import torch
 import yaml
 from torch import nn
 
-from .config import TrainConfig, field_types, from_dict, load_config, validate
-from .errors import UsageError
-from .flops import FlopModel
-from .samplers import keep_count
-from .schedules import KeepRateSchedule, build_schedule
-from .timing import time_training_steps
-from .train import amp_settings, build_model, resolve_device
+from ..config import TrainConfig, field_types, from_dict, load_config, validate
+from ..errors import UsageError
+from ..flops import FlopModel
+from ..samplers import keep_count
+from ..schedules import KeepRateSchedule, build_schedule
+from ..timing import time_training_steps
+from ..trainer import amp_settings, build_model, resolve_device
 
 #: Up to this many grid rates the table lists each; finer grids (and quantum 0) show DISPLAY_RATES.
 MAX_ROWS = 12

@@ -511,7 +511,7 @@ def _draw(draw: Draw, args: argparse.Namespace) -> int:
 
 
 def _rates(text: str) -> list[float]:
-    from .sweep import parse_rates
+    from .commands.sweep import parse_rates
 
     return parse_rates(text)
 
@@ -602,7 +602,7 @@ def _patches_command(p: argparse.ArgumentParser) -> Draw:
     p.add_argument("--n-images", type=int, default=4, help="number of validation images (rows)")
 
     def draw(args: argparse.Namespace) -> None:
-        from .sweep import load_checkpoint
+        from .commands.sweep import load_checkpoint
 
         if not 1 <= args.n_images <= 64:
             raise UsageError(f"--n-images {args.n_images}: choose 1 to 64")
@@ -623,7 +623,7 @@ def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
     p.add_argument("--batch-size", type=int, default=None)
 
     def draw(args: argparse.Namespace) -> None:
-        from .sweep import load_checkpoint
+        from .commands.sweep import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint, data=args.data, device=args.device, sampler=args.sampler,
                                  batch_size=args.batch_size)
@@ -634,4 +634,4 @@ def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
     return draw
 
 
-from . import plots_pretrain  # noqa: E402,F401  (registers "plot reconstructions": SimMIM pre-training runs)
+from . import figures_pretrain  # noqa: E402,F401  (registers "plot reconstructions": SimMIM pre-training runs)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from .samplers import SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count
+from ..samplers import SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count
 
 
 class PatchSampler(nn.Module):

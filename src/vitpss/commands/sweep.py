@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .engine import evaluate
-from .errors import UsageError
-from .flops import count_flops
-from .patching import keep_rate, set_sampler, token_count
-from .samplers import SAMPLERS, inference_sampler
-from .timing import sync
+from ..engine import evaluate
+from ..errors import UsageError
+from ..flops import count_flops
+from ..patching import keep_rate, set_sampler, token_count
+from ..samplers import SAMPLERS, inference_sampler
+from ..timing import sync
 
 DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -142,9 +142,9 @@ def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | No
     ``data`` replaces the run's data source (same classes and image size expected); ``sampler``
     the run's sampler; ``batch_size`` the run's batch size.
     """
-    from .config import from_dict, validate
-    from .data import build_datasets, build_loader
-    from .train import model_from_checkpoint, resolve_device
+    from ..config import from_dict, validate
+    from ..data import build_datasets, build_loader
+    from ..trainer import model_from_checkpoint, resolve_device
 
     dev = resolve_device(device or "auto")
     model, cfg = model_from_checkpoint(path, dev)
@@ -207,8 +207,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write_json, checkpoint_path
-    from .plots import plot_sweep
+    from ..checkpoint import atomic_write_json, checkpoint_path
+    from ..figures import plot_sweep
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")

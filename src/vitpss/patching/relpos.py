@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .patching import PatchSampler, register_family
+from .core import PatchSampler, register_family
 
 
 class KeptPairs(NamedTuple):

@@ -53,7 +53,7 @@ from .errors import UsageError
 from .flops import FlopModel
 from .optim import create_adamw
 from .patching import attach, supported_families
-from .pretrained import load_pretrained
+from .weights import load_pretrained
 from .schedules import build_schedule
 
 __all__ = ["build_model", "resolve_model_config", "load_checkpoint", "model_from_checkpoint", "train",

@@ -32,15 +32,15 @@ import yaml
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from . import __version__
-from .checkpoint import JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, checkpoint_path, rng_state
-from .config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
-from .data import build_datasets, build_loader
-from .engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
-from .optim import create_adamw
-from .timing import sync
-from .errors import UsageError
-from .simmim import SimMIM, check_mask_geometry, default_mask_patch_size
+from .. import __version__
+from ..checkpoint import JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, checkpoint_path, rng_state
+from ..config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
+from ..data import build_datasets, build_loader
+from ..engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
+from ..optim import create_adamw
+from ..timing import sync
+from ..errors import UsageError
+from ..simmim import SimMIM, check_mask_geometry, default_mask_patch_size
 
 PRETRAIN_FORMAT = "vitpss.pretrain/1"
 #: Settings of a training config that have no meaning when pre-training (reported if given).
@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, MaskConfig]
 
 def build_simmim(cfg: TrainConfig, mask: MaskConfig, generator: Optional[torch.Generator] = None) -> SimMIM:
     """The model of ``vitpss train`` for ``cfg`` (no head, final norm) inside SimMIM."""
-    from .train import build_model
+    from ..trainer import build_model
 
     encoder = build_model(cfg)
     encoder.reset_classifier(0)
@@ -140,7 +140,7 @@ def pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
 
 
 def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
-    from .train import amp_settings, prepare_output, resolve_model_config, seed_everything, setup_distributed
+    from ..trainer import amp_settings, prepare_output, resolve_model_config, seed_everything, setup_distributed
 
     d, device = setup_distributed(cfg.device)
     cfg = resolve_model_config(cfg)
@@ -242,7 +242,7 @@ def model_from_pretrain_checkpoint(path: str | Path,
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``pretrain`` subcommand."""
-    from .train import add_config_arguments
+    from ..trainer import add_config_arguments
 
     p = subparsers.add_parser("pretrain", help="SimMIM masked image modelling (then: vitpss train --pretrained)",
                               description="Pre-train a timm ViT/BEiT by SimMIM masked image modelling on the same "
