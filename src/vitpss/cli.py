@@ -14,8 +14,8 @@ from typing import Sequence
 from .errors import UsageError
 
 # Job modules that provide subcommands, in the order they appear in --help.
-COMMAND_MODULES = ["vitpss.commands.step_time", "vitpss.trainer", "vitpss.commands.pretrain", "vitpss.commands.sweep", "vitpss.figures",
-                   "vitpss.commands.plan"]
+COMMAND_MODULES = ["vitpss.commands.step_time", "vitpss.commands.train", "vitpss.commands.pretrain",
+                   "vitpss.commands.sweep", "vitpss.commands.plot", "vitpss.commands.plan"]
 
 
 class _Parser(argparse.ArgumentParser):

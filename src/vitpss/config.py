@@ -260,3 +260,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"invalid schedule setting: {err} (see --low, --high, --quantum, "
                          f"--cooldown-epochs, --period-steps)") from None
     return cfg
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """SimMIM's masking: share of ``mask_patch_size`` blocks replaced by the mask token."""
+
+    mask_ratio: float = 0.6
+    mask_patch_size: int | None = None  # None: 32 px where it fits, else one patch
+
+    def validate(self) -> "MaskConfig":
+        if not 0 < self.mask_ratio < 1:
+            raise UsageError(f"--mask-ratio={self.mask_ratio} is out of range: it must be in (0, 1)")
+        if self.mask_patch_size is not None and self.mask_patch_size < 1:
+            raise UsageError(f"--mask-patch-size={self.mask_patch_size} must be >= 1")
+        return self

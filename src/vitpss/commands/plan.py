@@ -29,7 +29,8 @@ from ..flops import FlopModel
 from ..samplers import keep_count
 from ..schedules import KeepRateSchedule, build_schedule
 from ..timing import time_training_steps
-from ..trainer import amp_settings, build_model, resolve_device
+from ..models import build_model
+from ..runtime import amp_settings, resolve_device
 
 #: Up to this many grid rates the table lists each; finer grids (and quantum 0) show DISPLAY_RATES.
 MAX_ROWS = 12

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -33,35 +31,22 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, checkpoint_path, rng_state
-from ..config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
+from ..checkpoint import PRETRAIN_FORMAT, JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, rng_state
+from ..config import MaskConfig, TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
 from ..data import build_datasets, build_loader
 from ..engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
 from ..optim import create_adamw
 from ..timing import sync
 from ..errors import UsageError
+from ..models import build_simmim, resolve_model_config
+from ..runtime import amp_settings, num_threads, prepare_output, seed_everything, setup_distributed
 from ..simmim import SimMIM, check_mask_geometry, default_mask_patch_size
+from .common import add_config_arguments
 
-PRETRAIN_FORMAT = "vitpss.pretrain/1"
 #: Settings of a training config that have no meaning when pre-training (reported if given).
 CLASSIFICATION_ONLY = ("pretrained", "layer_decay", "schedule", "low", "high", "quantum", "cooldown_epochs",
                        "period_steps", "sampler", "mixup", "cutmix", "label_smoothing", "ema_decay", "num_classes",
                        "global_pool", "resume")
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    """SimMIM's masking: share of ``mask_patch_size`` blocks replaced by the mask token."""
-
-    mask_ratio: float = 0.6
-    mask_patch_size: Optional[int] = None  # None: 32 px where it fits, else one patch
-
-    def validate(self) -> "MaskConfig":
-        if not 0 < self.mask_ratio < 1:
-            raise UsageError(f"--mask-ratio={self.mask_ratio} is out of range: it must be in (0, 1)")
-        if self.mask_patch_size is not None and self.mask_patch_size < 1:
-            raise UsageError(f"--mask-patch-size={self.mask_patch_size} must be >= 1")
-        return self
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -98,18 +83,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, MaskConfig]
     return validate(cfg), mask
 
 
-def build_simmim(cfg: TrainConfig, mask: MaskConfig, generator: Optional[torch.Generator] = None) -> SimMIM:
-    """The model of ``vitpss train`` for ``cfg`` (no head, final norm) inside SimMIM."""
-    from ..trainer import build_model
-
-    encoder = build_model(cfg)
-    encoder.reset_classifier(0)
-    try:
-        return SimMIM(encoder, mask.mask_ratio, mask.mask_patch_size, generator)
-    except ValueError as err:
-        raise UsageError(f"--mask-patch-size: {err}") from None
-
-
 @torch.no_grad()
 def validation_loss(model: SimMIM, loader, device: torch.device, seed: int,
                     amp_dtype: Optional[torch.dtype] = None) -> float:
@@ -130,18 +103,11 @@ def validation_loss(model: SimMIM, loader, device: torch.device, seed: int,
 
 def pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     """Run a whole SimMIM pre-training job (single process or under torchrun); returns the summary."""
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _pretrain(cfg, mask)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
-    from ..trainer import amp_settings, prepare_output, resolve_model_config, seed_everything, setup_distributed
-
     d, device = setup_distributed(cfg.device)
     cfg = resolve_model_config(cfg)
     train_ds, val_ds, _, _, _ = build_datasets(dataclasses.replace(cfg, num_classes=None))
@@ -224,26 +190,8 @@ def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     return summary
 
 
-def model_from_pretrain_checkpoint(path: str | Path,
-                                   device: str | torch.device = "cpu") -> tuple[SimMIM, TrainConfig, dict]:
-    """Rebuild the SimMIM model of a ``vitpss pretrain`` checkpoint (file or run directory)."""
-    path = checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UsageError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != PRETRAIN_FORMAT:
-        raise UsageError(f"{path} is not a vitpss pretrain checkpoint (no '{PRETRAIN_FORMAT}' format tag)")
-    cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
-    model = build_simmim(cfg, MaskConfig(**ckpt["mask"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg, ckpt["mask"]
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``pretrain`` subcommand."""
-    from ..trainer import add_config_arguments
-
     p = subparsers.add_parser("pretrain", help="SimMIM masked image modelling (then: vitpss train --pretrained)",
                               description="Pre-train a timm ViT/BEiT by SimMIM masked image modelling on the same "
                               "data options as 'vitpss train'; fine-tune with "
