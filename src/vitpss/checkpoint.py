@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -79,15 +79,27 @@ class JsonlWriter:
         self.file.close()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a torn last line (crash mid-write) is ignored."""
+def read_jsonl(path: str | Path, keys: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log, each a JSON object holding every key in ``keys``.
+
+    A torn last line (a crash mid-write) is ignored, as are blank lines; any other line that is
+    not such an object raises UsageError naming the file and line.
+    """
+    path = Path(path)
+    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if line.strip()]
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == lines[-1][0]:
                 break
+            raise UsageError(f"{path}, line {number}: not valid JSON") from None
+        if not isinstance(record, dict) or any(k not in record for k in keys):
+            wanted = f" with keys {', '.join(keys)}" if keys else ""
+            raise UsageError(f"{path}, line {number}: expected a JSON object{wanted}")
+        records.append(record)
     return records
 
 

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from .checkpoint import read_jsonl
 from .errors import UsageError
 from .patching import get_keep_indices, keep_rate, token_count
 from .schedules import PAPER_SCHEDULES, build_schedule, paper_schedule
@@ -56,22 +57,13 @@ def read_json(path: Path) -> Any:
         raise UsageError(f"{path}: not valid JSON ({err})") from None
 
 
-def read_jsonl(path: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines log that carry every key in ``keys``; UsageError when there are none."""
+def read_log(path: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Records of a run's JSON-lines log carrying ``keys`` (:func:`vitpss.checkpoint.read_jsonl`:
+    a torn last line is ignored, as ``--resume`` does); UsageError when missing or empty."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file (is {path.parent} a vitpss run directory?)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"{path}, line {number}: not valid JSON") from None
-        if not isinstance(row, dict) or any(k not in row for k in keys):
-            raise UsageError(f"{path}, line {number}: expected a JSON object with keys {', '.join(keys)}")
-        rows.append(row)
+    rows = read_jsonl(path, keys)
     if not rows:
         raise UsageError(f"{path}: the log is empty")
     return rows
@@ -188,7 +180,7 @@ def schedule_curve(spec: str, *, defaults: dict[str, float], steps_per_epoch: in
 def run_schedule_curve(run_dir: Path) -> ScheduleCurve:
     """The keep rates a run actually used, from its ``train_log.jsonl``."""
     run_dir = _run_dir(run_dir)
-    rows = sorted(read_jsonl(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate")), key=lambda r: r["step"])
+    rows = sorted(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate")), key=lambda r: r["step"])
     epochs = _epochs_of(rows)
     fraction = _summary(run_dir).get("compute_fraction")
     return ScheduleCurve(f"{run_dir.name} (logged)", np.array([r["keep_rate"] for r in rows], dtype=float),
@@ -242,7 +234,7 @@ def plot_train_time(run_dirs: Sequence[Path], output: Path, *, epoch: int | None
     runs = []
     for run_dir in run_dirs:
         run_dir = _run_dir(run_dir)
-        epochs = _epochs_of(read_jsonl(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate", "step_time")))
+        epochs = _epochs_of(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate", "step_time")))
         index = (1 if len(epochs) > 1 else 0) if epoch is None else epoch
         if not 0 <= index < len(epochs):
             raise UsageError(f"--epoch {epoch}: {run_dir} has epochs 0..{len(epochs) - 1}")
@@ -276,8 +268,8 @@ def plot_train_time(run_dirs: Sequence[Path], output: Path, *, epoch: int | None
 
 def _run_curves(run_dir: Path, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train x, train loss, val x, val acc1) of one run; x in epochs or in seconds of training."""
-    train = _epochs_of(read_jsonl(run_dir / "train_log.jsonl", ("step", "epoch", "loss", "step_time")))
-    val = read_jsonl(run_dir / "val_log.jsonl", ("epoch", "acc1"))
+    train = _epochs_of(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "loss", "step_time")))
+    val = read_log(run_dir / "val_log.jsonl", ("epoch", "acc1"))
     first_epoch = int(train[0][0]["epoch"])
     loss = np.array([r["loss"] for rows in train for r in rows], dtype=float)
     if x == "epoch":

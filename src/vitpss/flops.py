@@ -81,8 +81,3 @@ class FlopModel:
         values, counts = np.unique(np.asarray(rates, dtype=np.float64), return_counts=True)
         total = sum(self.flops(float(v)) * int(c) for v, c in zip(values, counts))
         return float(total / (self.flops(1.0) * int(counts.sum())))
-
-
-def schedule_compute_fraction(model: nn.Module, schedule, *, backward: bool = True) -> float:
-    """FLOPs of a whole schedule's training steps over the same run with all patches."""
-    return FlopModel(model, backward=backward).compute_fraction(schedule.rates())

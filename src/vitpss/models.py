@@ -89,7 +89,8 @@ def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransfor
 MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """UsageError naming the nearest timm ViT/DeiT names unless ``name`` is a timm model."""
     if timm.is_model(name):
         return
     names = sorted(set(timm.list_models("*vit*") + timm.list_models("*deit*") + [DEFAULT_MODEL]))
@@ -124,7 +125,7 @@ def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -
     the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10).
     ``generator`` seeds the ``random`` sampler. Bad names/settings raise UsageError.
     """
-    _check_model_name(cfg.model)
+    check_model_name(cfg.model)
     kwargs = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
     try:
         model = timm.create_model(cfg.model, num_classes=cfg.num_classes or 10, drop_path_rate=cfg.drop_path, **kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import random
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import random_seed
 from torch import nn
 
 from .checkpoint import RUN_FILES, clear_run_files
@@ -127,9 +127,8 @@ def prepare_output(cfg: TrainConfig, d: Dist, resuming: bool) -> Path:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Seed Python's, NumPy's and torch's global generators (NumPy takes seeds below 2**32)."""
+    random_seed(seed % 2**32)
 
 
 

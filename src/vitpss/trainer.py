@@ -31,7 +31,9 @@ from .checkpoint import (
     CHECKPOINT_FORMAT, JsonlWriter, RESUME_CANDIDATES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
     find_resume_checkpoint, load_model_state, remove_stale_temporaries, rng_state, set_rng_state, truncate_jsonl,
 )
-from .config import RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, load_config, validate
+from .config import (
+    RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, load_config, schedule_from_config, validate,
+)
 from .data import build_datasets, build_loader
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .errors import UsageError
@@ -41,7 +43,6 @@ from .optim import create_adamw
 from .runtime import (
     Dist, amp_settings, compile_for_schedule, num_threads, prepare_output, seed_everything, setup_distributed,
 )
-from .schedules import build_schedule
 from .weights import load_pretrained
 
 __all__ = ["RunState", "Trainer", "resume_config", "train"]
@@ -133,9 +134,7 @@ class Trainer:
         self.val_loader = build_loader(val_ds, cfg, False, rank=self.d.rank, world_size=self.d.world_size,
                                        device=self.device)
         self.steps_per_epoch = len(self.train_loader)
-        self.schedule = build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=self.steps_per_epoch,
-                                       epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
-                                       period_steps=cfg.period_steps)
+        self.schedule = schedule_from_config(cfg, self.steps_per_epoch)
         self.optimizer = create_adamw(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,

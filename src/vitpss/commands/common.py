@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import TrainConfig, field_types
+from ..config import AMP_CHOICES, TrainConfig, field_types
 from ..errors import UsageError
+from ..patching import check_keep_rate
 from ..models import MODEL_OVERRIDES
 
 
@@ -35,7 +36,27 @@ def parse_rates(text: str) -> list[float]:
         rates = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UsageError(f"keep rates {text!r} are not numbers: write them like 1.0,0.8,0.6") from None
-    bad = [r for r in rates if not 0 < r <= 1]
-    if not rates or bad:
-        raise UsageError(f"keep rates {text!r}: each must be in (0, 1], e.g. 1.0,0.8,0.6")
-    return rates
+    try:
+        if not rates:
+            raise ValueError
+        return [check_keep_rate(r) for r in rates]
+    except ValueError:
+        raise UsageError(f"keep rates {text!r}: each must be in (0, 1], e.g. 1.0,0.8,0.6") from None
+
+
+def parse_rate(text: str) -> float:
+    """One keep rate for ``--keep-rate``; UsageError unless it is a number in (0, 1]."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise UsageError(f"--keep-rate={text} is not a number: give one in (0, 1], e.g. 0.5") from None
+    try:
+        return check_keep_rate(rate)
+    except ValueError:
+        raise UsageError(f"--keep-rate={text} is out of range: it must be in (0, 1]") from None
+
+
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` as ``vitpss train`` takes it: off (default), auto, bf16 or fp16; ``--amp`` alone = auto."""
+    parser.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_CHOICES,
+                        help="mixed precision: off, auto, bf16, fp16 (--amp alone = auto; default: off)")

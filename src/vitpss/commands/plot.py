@@ -136,7 +136,8 @@ def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
 @figure("patches", "validation images with dropped patches greyed out, one column per keep rate")
 def _patches_command(p: argparse.ArgumentParser) -> Draw:
     _checkpoint_arguments(p)
-    p.add_argument("--keep-rates", type=parse_rates, default=[1.0, 0.8, 0.6, 0.4, 0.2])
+    p.add_argument("--keep-rates", type=parse_rates, default=[1.0, 0.8, 0.6, 0.4, 0.2],
+                   help="comma-separated keep rates, one column each (default 1.0,0.8,0.6,0.4,0.2)")
     p.add_argument("--n-images", type=int, default=4, help="number of validation images (rows)")
 
     def draw(args: argparse.Namespace) -> None:
@@ -156,8 +157,8 @@ def _patches_command(p: argparse.ArgumentParser) -> Draw:
 @figure("patch-frequency", "heat map of how often each patch position is kept over the validation set")
 def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
     _checkpoint_arguments(p)
-    p.add_argument("--keep-rate", type=parse_rates, required=True, metavar="R[,R...]",
-                   help="keep rate(s); one heat map each")
+    p.add_argument("--keep-rates", "--keep-rate", dest="keep_rates", type=parse_rates, required=True,
+                   metavar="R[,R...]", help="comma-separated keep rates; one heat map each")
     p.add_argument("--batch-size", type=int, default=None)
 
     def draw(args: argparse.Namespace) -> None:
@@ -165,7 +166,7 @@ def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
 
         loaded = load_checkpoint(args.checkpoint, data=args.data, device=args.device, sampler=args.sampler,
                                  batch_size=args.batch_size)
-        frequencies = {r: keep_frequency(loaded.model, loaded.val_loader, r) for r in args.keep_rate}
+        frequencies = {r: keep_frequency(loaded.model, loaded.val_loader, r) for r in args.keep_rates}
         plot_patch_frequency(frequencies, args.output, num_images=len(loaded.val_dataset),
                              title=f"{args.checkpoint.parent.name}, {loaded.sampler} sampler: how often each patch "
                                    f"position is kept ({len(loaded.val_dataset)} validation images)")

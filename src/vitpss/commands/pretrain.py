@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import PRETRAIN_FORMAT, JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, rng_state
-from ..config import MaskConfig, TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
+from ..config import MaskConfig, TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, read_yaml, validate
 from ..data import build_datasets, build_loader
 from ..engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
 from ..optim import create_adamw
@@ -49,21 +48,9 @@ CLASSIFICATION_ONLY = ("pretrained", "layer_decay", "schedule", "low", "high", "
                        "global_pool", "resume")
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read config file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(values or {}, dict):
-        raise UsageError(f"config file {path} must hold a mapping of setting: value")
-    return {str(k).replace("-", "_"): v for k, v in (values or {}).items()}
-
-
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, MaskConfig]:
     """``(training-style config, mask config)``: defaults < ``--config`` YAML < flags."""
-    values = _read_yaml(args.config) if hasattr(args, "config") else {}
+    values = read_yaml(args.config) if hasattr(args, "config") else {}
     mask_values = {k: values.pop(k) for k in ("mask_ratio", "mask_patch_size") if k in values}
     for key in ("mask_ratio", "mask_patch_size"):
         if getattr(args, key, None) is not None:

@@ -17,8 +17,9 @@ from ..checkpoint import atomic_write_json, checkpoint_path
 from ..errors import UsageError
 from ..figures import plot_sweep
 from ..inference import load_checkpoint, sweep_model
+from ..runtime import amp_settings
 from ..samplers import SAMPLERS
-from .common import parse_rates
+from .common import add_amp_argument, parse_rates
 
 DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 def format_table(rows: Sequence[dict[str, float]]) -> str:
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; on a busy shared CPU, 1 times steadier)")
-    p.add_argument("--amp", action="store_true", help="autocast (bfloat16) for evaluation and timing")
+    add_amp_argument(p)
     p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes first")
     p.set_defaults(func=run)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = checkpoint_path(args.checkpoint)
     loaded = load_checkpoint(checkpoint, data=args.data, batch_size=args.batch_size, device=args.device,
                              sampler=args.sampler)
-    amp_dtype = torch.bfloat16 if args.amp else None
+    amp_dtype, _ = amp_settings(args.amp, loaded.device)
     rows = sweep_model(loaded.model, loaded.val_loader, args.keep_rates, warmup=args.warmup,
                        repeats=args.repeats, amp_dtype=amp_dtype)
     out_dir = args.output or checkpoint.parent
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     batch = next(iter(loaded.val_loader))[0].shape[0]
     title = f"{checkpoint.parent.name}: {loaded.sampler} sampler, batch {batch}, {hardware}"
     plot_sweep([out_dir / "sweep.json"], out_dir / "sweep.png", title=title)
-    print(f"{title}, {'bf16 autocast' if args.amp else 'fp32'}; images/s: model only, median of "
+    print(f"{title}, {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.') + ' autocast'}; images/s: model only, median of "
           f"{args.repeats} timed passes")
     print(format_table(rows))
     print(f"wrote {out_dir / 'sweep.json'} and {out_dir / 'sweep.png'}")

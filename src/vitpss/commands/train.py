@@ -13,9 +13,9 @@ from ..data import build_datasets, build_loader
 from ..engine import NonFiniteLossError, evaluate
 from ..errors import UsageError
 from ..models import model_from_checkpoint
-from ..runtime import resolve_device
+from ..runtime import amp_settings, resolve_device
 from ..trainer import resume_config, train
-from .common import add_config_arguments
+from .common import add_amp_argument, add_config_arguments, parse_rate
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
@@ -40,12 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
     e = subparsers.add_parser("eval", help="accuracy of a checkpoint (optionally at a keep rate)")
     e.add_argument("--checkpoint", required=True, help="checkpoint file, or a run directory (its checkpoint.pt)")
-    e.add_argument("--keep-rate", type=float, default=None, help="share of patches kept at inference (default 1)")
+    e.add_argument("--keep-rate", type=parse_rate, default=None, help="share of patches kept at inference (default 1)")
     e.add_argument("--data", default=None, help="evaluate on other data with the same classes (default: the run's)")
     e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
     e.add_argument("--workers", type=int, default=None, help="DataLoader workers")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    add_amp_argument(e)
     e.set_defaults(func=run_eval)
 
 
@@ -71,8 +72,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.keep_rate is not None and not 0 < args.keep_rate <= 1:
-        raise UsageError(f"--keep-rate={args.keep_rate} is out of range: it must be in (0, 1]")
     device = resolve_device(args.device)
     model, cfg = model_from_checkpoint(args.checkpoint, device, ema=args.ema)
     overrides = {k: getattr(args, k) for k in ("data", "batch_size", "workers") if getattr(args, k) is not None}
@@ -82,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {cfg.data} has {num_classes} classes but the checkpoint's model has {cfg.num_classes}")
     loader = build_loader(val_ds, cfg, train=False, device=device)
     try:
-        result = evaluate(model, loader, device, keep_rate=args.keep_rate)
+        result = evaluate(model, loader, device, keep_rate=args.keep_rate, amp_dtype=amp_settings(args.amp, device)[0])
     except UsageError as err:
         raise UsageError(_one_line(str(err))) from None
     rate = 1.0 if args.keep_rate is None else args.keep_rate

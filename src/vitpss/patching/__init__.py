@@ -3,6 +3,7 @@
 from .core import (
     PatchSampler,
     attach,
+    check_keep_rate,
     get_keep_indices,
     keep_rate,
     patch_samplers,
@@ -12,7 +13,7 @@ from .core import (
     supported_families,
     token_count,
 )
-from . import relpos  # noqa: F401,E402  (registers the BEiT and EVA families)
+from . import vit, relpos  # noqa: F401,E402  (register the ViT, then the BEiT and EVA families)
 
-__all__ = ["PatchSampler", "attach", "get_keep_indices", "keep_rate", "patch_samplers", "register_family",
+__all__ = ["PatchSampler", "attach", "check_keep_rate", "get_keep_indices", "keep_rate", "patch_samplers", "register_family",
            "set_keep_rate", "set_sampler", "supported_families", "token_count"]
