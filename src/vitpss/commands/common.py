@@ -53,7 +53,7 @@ def parse_rate(text: str) -> float:
     try:
         return check_keep_rate(rate)
     except ValueError:
-        raise UsageError(f"--keep-rate={text} is out of range: it must be in (0, 1]") from None
+        raise UsageError(f"--keep-rate={rate} is out of range: it must be in (0, 1]") from None
 
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:

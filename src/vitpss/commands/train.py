@@ -30,7 +30,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Optional[di
     return validate(from_dict(given, base=base, source="command line")), None
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``eval`` subcommands."""
     p = subparsers.add_parser("train", help="train a ViT with a patch sampling schedule",
