@@ -4,7 +4,7 @@
     python benchmarks/inference_speed.py --device cuda --amp # on a GPU
 
 Throughput does not depend on the weights, so an untrained timm model is timed with
-`vitpss.sweep.throughput` (eval mode, no_grad, batch in memory, rates interleaved, median), the
+`vitpss.inference.throughput` (eval mode, no_grad, batch in memory, rates interleaved, median), the
 same measurement `vitpss sweep` makes on a checkpoint. Writes JSON.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 import vitpss
 from vitpss.flops import count_flops
-from vitpss.sweep import throughput
+from vitpss.inference import throughput
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from vitpss.config import TrainConfig
 from vitpss.data import TransformedDataset, build_datasets, build_loader, build_transform
 from vitpss.optim import create_adamw
 from vitpss.timing import time_training_steps
-from vitpss.train import vitpss_tiny_mnist
+from vitpss.models import vitpss_tiny_mnist
 
 
 def per_call_ms(fn, calls: int) -> float:

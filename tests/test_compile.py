@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 
 import vitpss
 from vitpss.cli import main
-from vitpss.train import MAX_COMPILED_RATES, compile_for_schedule
+from vitpss.runtime import MAX_COMPILED_RATES, compile_for_schedule
 
 from train_helpers import tiny_run
 

@@ -10,7 +10,7 @@ import yaml
 from vitpss.cli import build_parser
 from vitpss.config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, load_config, validate
 from vitpss.errors import UsageError
-from vitpss.train import config_from_args
+from vitpss.commands.train import config_from_args
 
 
 def parse(*argv: str):

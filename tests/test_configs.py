@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vitpss.config import load_config, validate
-from vitpss.pretrain import config_from_args as pretrain_config
-from vitpss.train import resolve_model_config
+from vitpss.commands.pretrain import config_from_args as pretrain_config
+from vitpss.models import resolve_model_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))

@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from vitpss.train import Trainer
+    from vitpss.trainer import Trainer
 
     cfg = validate(dataclasses.replace(
         TrainConfig(), data="synthetic", synthetic_size=32, in_chans=1, img_size=16, patch_size=4, embed_dim=32,

@@ -5,7 +5,7 @@ import timm
 import torch
 
 import vitpss
-from vitpss.flops import FlopModel, count_flops, schedule_compute_fraction
+from vitpss.flops import FlopModel, count_flops
 
 
 def tiny():
@@ -46,7 +46,7 @@ def test_compute_fraction_of_all_patches_is_one_and_of_a_schedule_is_below_its_m
     flop_model = FlopModel(model)
     assert flop_model.compute_fraction([1.0] * 5) == pytest.approx(1.0)
     schedule = vitpss.build_schedule("cyclic", steps_per_epoch=50, epochs=2)
-    fraction = schedule_compute_fraction(model, schedule)
+    fraction = flop_model.compute_fraction(schedule.rates())
     expected = sum(flop_model.flops(r) for r in schedule.rates()) / (schedule.total_steps * flop_model.flops(1.0))
     assert fraction == pytest.approx(expected)
     assert 0.4 < fraction < 0.75

@@ -8,7 +8,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from vitpss.optim import create_adamw
-from vitpss.train import vitpss_tiny_mnist
+from vitpss.models import vitpss_tiny_mnist
 
 
 def test_adamw_is_fused_on_cpu_and_matches_timms_per_parameter_adamw():

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vitpss
-from vitpss.patching_relpos import kept_pair_index
+from vitpss.patching.relpos import kept_pair_index
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 GRID = 8  # 32 / 4

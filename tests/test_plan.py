@@ -16,7 +16,7 @@ from vitpss.cli import main
 from vitpss.config import from_dict
 from vitpss.errors import UsageError
 from vitpss.flops import FlopModel
-from vitpss.plan import (
+from vitpss.commands.plan import (
     MAX_MEASURED, StepTimes, budget_candidates, calibration_counts, grid_rates, nearest_shares, solve_budget,
     table_rates,
 )

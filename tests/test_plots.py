@@ -12,7 +12,8 @@ import torch
 from matplotlib.image import imread
 
 import vitpss
-from vitpss import plots
+from vitpss import figures as plots
+from vitpss.checkpoint import read_jsonl
 from vitpss.cli import main
 from vitpss.errors import UsageError
 from vitpss.flops import FlopModel
@@ -181,3 +182,23 @@ def test_cli_bad_inputs_are_one_line_usage_errors(tmp_path, capsys, args, messag
     assert main(["plot", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_plot_reads_a_log_with_a_torn_last_line_as_resume_does(tmp_path):
+    run = write_run(tmp_path / "run")
+    complete = read_jsonl(run / "train_log.jsonl")
+    with open(run / "train_log.jsonl", "a") as f:
+        f.write('{"step": 40, "epoch": 2, "keep_ra')  # killed mid-write
+    assert read_jsonl(run / "train_log.jsonl") == complete
+    assert main(["plot", "curves", str(run), "--output", str(tmp_path / "curves.png")]) == 0
+
+
+def test_a_damaged_line_before_the_last_is_a_usage_error_naming_it(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    lines = (run / "train_log.jsonl").read_text().splitlines()
+    lines[3] = lines[3][:10]
+    (run / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match="train_log.jsonl, line 4: not valid JSON"):
+        read_jsonl(run / "train_log.jsonl")
+    assert main(["plot", "curves", str(run), "--output", str(tmp_path / "curves.png")]) == 2
+    assert "line 4: not valid JSON" in capsys.readouterr().err

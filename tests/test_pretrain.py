@@ -9,8 +9,10 @@ import torch
 
 from vitpss import cli
 from vitpss.config import TrainConfig, validate
-from vitpss.pretrain import MaskConfig, model_from_pretrain_checkpoint, pretrain
-from vitpss.pretrained import load_pretrained
+from vitpss.commands.pretrain import pretrain
+from vitpss.config import MaskConfig
+from vitpss.models import model_from_pretrain_checkpoint
+from vitpss.weights import load_pretrained
 
 TINY = dict(model="vitpss_tiny_beit_mnist", data="synthetic", synthetic_size=48, img_size=28, in_chans=1,
             embed_dim=32, depth=2, num_heads=2, batch_size=16, epochs=2, warmup_epochs=0.0, quiet=True)
@@ -48,7 +50,7 @@ def test_pretrain_checkpoint_has_simmim_layout_and_loads_only_with_weights(run_d
 
 
 def test_pretrained_encoder_loads_into_the_fine_tuning_model(run_dir):
-    from vitpss.train import build_model
+    from vitpss.models import build_model
 
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     cfg = validate(TrainConfig(**{**TINY, "num_classes": 10}))
@@ -79,7 +81,7 @@ def test_bad_pretrain_settings_are_one_line_errors(flags, message, tmp_path, cap
 
 
 def test_train_fine_tunes_from_the_pretrain_run_with_layer_decay(run_dir, tmp_path, capsys):
-    from vitpss.train import train
+    from vitpss.trainer import train
 
     cfg = validate(TrainConfig(**{**TINY, "epochs": 1}, output=str(tmp_path / "ft"), pretrained=str(run_dir),
                                layer_decay=0.7, schedule="fixed", low=0.6))
@@ -94,7 +96,7 @@ def test_train_fine_tunes_from_the_pretrain_run_with_layer_decay(run_dir, tmp_pa
 def test_layer_decay_scales_the_stem_lowest_and_the_head_not_at_all():
     from timm.optim import create_optimizer_v2
 
-    from vitpss.train import build_model
+    from vitpss.models import build_model
 
     model = build_model(validate(TrainConfig(**TINY)))
     groups = create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5).param_groups

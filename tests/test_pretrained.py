@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from timm.models.beit import gen_relative_position_index
 
 from vitpss.errors import UsageError
-from vitpss.pretrained import load_pretrained
+from vitpss.weights import load_pretrained
 
 TINY = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2, init_values=0.1)
 

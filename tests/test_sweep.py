@@ -14,7 +14,9 @@ from matplotlib.image import imread
 import vitpss
 from vitpss.cli import main
 from vitpss.errors import UsageError
-from vitpss.sweep import format_table, parse_rates, sweep_model
+from vitpss.commands.common import parse_rates
+from vitpss.commands.sweep import format_table
+from vitpss.inference import sweep_model
 
 CONTRACT_KEYS = {"keep_rate", "acc1", "acc5", "images_per_s", "gflops"}
 
@@ -88,7 +90,7 @@ def test_display_images_undo_the_normalisation_of_the_val_transform():
 
     from torchvision.transforms import Compose, Normalize
 
-    from vitpss.sweep import display_images
+    from vitpss.inference import display_images
 
     images = torch.rand(2, 1, 8, 8)
     norm = Normalize(mean=(0.1307,), std=(0.3081,))

@@ -13,7 +13,7 @@ from vitpss.checkpoint import read_jsonl
 from vitpss.cli import main
 from vitpss.config import TrainConfig
 from vitpss.schedules import build_schedule
-from vitpss.train import model_from_checkpoint
+from vitpss.models import model_from_checkpoint
 
 STEP_FIELDS = {"step", "epoch", "keep_rate", "tokens", "loss", "lr", "step_time", "data_time"}
 

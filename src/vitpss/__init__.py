@@ -10,7 +10,7 @@ from .patching import (
     supported_families,
     token_count,
 )
-from . import beit_models, patching_relpos  # noqa: F401  (timm BEiT-style models; BEiT/EVA families for attach)
+from . import models  # noqa: F401  (registers vitpss's timm models, e.g. vitpss_tiny_mnist)
 from .samplers import SAMPLERS, keep_count
 from .schedules import SCHEDULES, KeepRateSchedule, PaperSchedule, build_schedule, paper_schedule
 

@@ -3,7 +3,8 @@
 Every file is written to a temporary name in the same directory and renamed over the target
 (``os.replace``), so a crash never leaves a half-written file. Checkpoints hold only tensors,
 numbers, strings, ``None`` and lists/dicts/tuples of them: they load with
-``torch.load(path, weights_only=True)``; nothing is ever unpickled.
+``torch.load(path, weights_only=True)``, whose restricted unpickler rebuilds only such values and
+refuses any other Python object (so loading cannot run code).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ import torch
 from .errors import UsageError
 
 CHECKPOINT_FORMAT = "vitpss.train/1"
+PRETRAIN_FORMAT = "vitpss.pretrain/1"
 RUN_FILES = ("config.yaml", "train_log.jsonl", "val_log.jsonl", "checkpoint.pt", "best.pt", "summary.json")
 
 
@@ -77,15 +79,27 @@ class JsonlWriter:
         self.file.close()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a torn last line (crash mid-write) is ignored."""
+def read_jsonl(path: str | Path, keys: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log, each a JSON object holding every key in ``keys``.
+
+    A torn last line (a crash mid-write) is ignored, as are blank lines; any other line that is
+    not such an object raises UsageError naming the file and line.
+    """
+    path = Path(path)
+    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if line.strip()]
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == lines[-1][0]:
                 break
+            raise UsageError(f"{path}, line {number}: not valid JSON") from None
+        if not isinstance(record, dict) or any(k not in record for k in keys):
+            wanted = f" with keys {', '.join(keys)}" if keys else ""
+            raise UsageError(f"{path}, line {number}: expected a JSON object{wanted}")
+        records.append(record)
     return records
 
 
@@ -158,14 +172,16 @@ def verify_checkpoint_file(path: str | Path) -> None:
         raise UsageError(f"checkpoint {path} is damaged (checksum mismatch in {bad})")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a vitpss training checkpoint (file or run directory) with ``weights_only=True``.
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    checkpoint_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
+    """Load a vitpss checkpoint (file or run directory) with ``weights_only=True``.
 
-    Returns the dict written by ``vitpss train``: ``model`` (a plain timm state dict), ``config``
+    Returns the dict written by ``vitpss train`` (or, with ``checkpoint_format=PRETRAIN_FORMAT``,
+    ``vitpss pretrain``): ``model`` (a plain timm state dict), ``config``
     (a plain dict of :class:`~vitpss.config.TrainConfig` fields), ``step``, ``epoch``,
     ``optimizer``, ``lr_scheduler``, ``scaler``, ``ema``, ``rng``, ``best_acc1`` and more.
     Raises UsageError for damaged files (see :func:`verify_checkpoint_file`), files holding
-    Python objects other than tensors and plain values (never unpickled: that could run code),
+    Python objects other than tensors and plain values (refused: rebuilding them could run code),
     and files that are not such checkpoints.
     """
     path = checkpoint_path(path)
@@ -177,9 +193,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          f"and unpickling them could run code; vitpss checkpoints never do") from None
     except Exception as err:  # unreadable despite intact records
         raise UsageError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path} is not a vitpss training checkpoint (no '{CHECKPOINT_FORMAT}' format tag); "
-                         f"vitpss eval/--resume need a checkpoint.pt or best.pt written by vitpss train")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != checkpoint_format:
+        kind, writer = ("pre-training", "pretrain") if checkpoint_format == PRETRAIN_FORMAT else ("training", "train")
+        raise UsageError(f"{path} is not a vitpss {kind} checkpoint (no '{checkpoint_format}' format tag); "
+                         f"give a checkpoint.pt or best.pt written by vitpss {writer}")
     return ckpt
 
 

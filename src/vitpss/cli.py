@@ -1,7 +1,8 @@
 """Command-line front end: ``vitpss <command> ...``.
 
-Each job module registers its subcommands through ``register(subparsers)`` and sets
-``func=<callable(args) -> int>``. User mistakes surface as one line on stderr and exit status 2.
+Each module of ``vitpss.commands`` registers its subcommands through ``register(subparsers)``
+and sets ``func=<callable(args) -> int>``; this is the only module outside ``commands/`` that
+names them (tests/test_layers.py checks it). User mistakes surface as one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Sequence
 
 from .errors import UsageError
 
-# Job modules that provide subcommands, in the order they appear in --help.
-COMMAND_MODULES = ["vitpss.core_demo", "vitpss.train", "vitpss.pretrain", "vitpss.sweep", "vitpss.plots", "vitpss.plan"]
+# Command modules, in the order their subcommands appear in --help.
+COMMAND_MODULES = ["vitpss.commands.train", "vitpss.commands.pretrain", "vitpss.commands.sweep",
+                   "vitpss.commands.plot", "vitpss.commands.plan", "vitpss.commands.step_time"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ import yaml
 
 from .errors import UsageError
 from .samplers import SAMPLERS
-from .schedules import SCHEDULES, build_schedule
+from .schedules import SCHEDULES, KeepRateSchedule, build_schedule
 
 #: The default model: a small ViT registered with timm by :mod:`vitpss.train` (28 px, patch 7,
 #: 1 channel, width 64, depth 4, 4 heads, average pooling), sized for the embedded MNIST subset.
@@ -166,8 +166,8 @@ def from_dict(values: Mapping[str, Any], *, base: TrainConfig | None = None, sou
     return dataclasses.replace(base or TrainConfig(), **updates)
 
 
-def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """Read a YAML file of ``field: value`` pairs (keys as in TrainConfig; '-' or '_')."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The ``setting: value`` mapping of a YAML file, keys with '-' spelled '_'; UsageError if unreadable."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -181,7 +181,12 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
         values = {}
     if not isinstance(values, dict):
         raise UsageError(f"config file {path} must hold a mapping of setting: value, got {type(values).__name__}")
-    return from_dict(values, base=base, source=str(path))
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML file of ``field: value`` pairs (keys as in TrainConfig; '-' or '_')."""
+    return from_dict(read_yaml(path), base=base, source=str(path))
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -263,10 +268,31 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.img_size is not None and cfg.patch_size is not None and cfg.img_size % cfg.patch_size:
         raise UsageError(f"--img-size={cfg.img_size} is not divisible by --patch-size={cfg.patch_size}: "
                          f"choose sizes where the patch size divides the image size")
+    schedule_from_config(cfg, steps_per_epoch=2)
+    return cfg
+
+
+def schedule_from_config(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSchedule:
+    """The keep-rate schedule of ``cfg`` for ``steps_per_epoch``; UsageError naming a bad setting."""
     try:
-        build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=2, epochs=cfg.epochs,
-                       quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs, period_steps=cfg.period_steps)
+        return build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=steps_per_epoch,
+                              epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
+                              period_steps=cfg.period_steps)
     except ValueError as err:
         raise UsageError(f"invalid schedule setting: {err} (see --low, --high, --quantum, "
                          f"--cooldown-epochs, --period-steps)") from None
-    return cfg
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """SimMIM's masking: share of ``mask_patch_size`` blocks replaced by the mask token."""
+
+    mask_ratio: float = 0.6
+    mask_patch_size: int | None = None  # None: 32 px where it fits, else one patch
+
+    def validate(self) -> "MaskConfig":
+        if not 0 < self.mask_ratio < 1:
+            raise UsageError(f"--mask-ratio={self.mask_ratio} is out of range: it must be in (0, 1)")
+        if self.mask_patch_size is not None and self.mask_patch_size < 1:
+            raise UsageError(f"--mask-patch-size={self.mask_patch_size} must be >= 1")
+        return self

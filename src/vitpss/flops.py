@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .patching import _samplers_or_raise, keep_rate
+from .patching.core import _samplers_or_raise, keep_rate
 from .samplers import keep_count
 
 
@@ -81,8 +81,3 @@ class FlopModel:
         values, counts = np.unique(np.asarray(rates, dtype=np.float64), return_counts=True)
         total = sum(self.flops(float(v)) * int(c) for v, c in zip(values, counts))
         return float(total / (self.flops(1.0) * int(counts.sum())))
-
-
-def schedule_compute_fraction(model: nn.Module, schedule, *, backward: bool = True) -> float:
-    """FLOPs of a whole schedule's training steps over the same run with all patches."""
-    return FlopModel(model, backward=backward).compute_fraction(schedule.rates())

@@ -202,9 +202,6 @@ class PaperSchedule(_RunSummary):
         t = range(self.total_steps) if steps is None else np.asarray(steps).tolist()
         return np.array([self(int(s)) for s in t], dtype=np.float64)
 
-Schedule = Callable[[int], float]
-
-
 def build_schedule(
     name: str,
     *,

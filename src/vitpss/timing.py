@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .optim import create_adamw
-from .patching import _samplers_or_raise, keep_rate
+from .patching.core import _samplers_or_raise, keep_rate
 from .samplers import gather_tokens, get_sampler, keep_count
 
 

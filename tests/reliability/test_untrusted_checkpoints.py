@@ -97,7 +97,7 @@ def test_a_plain_state_dict_with_numpy_and_argparse_extras_still_loads_as_pretra
 
     import numpy as np
 
-    from vitpss.pretrained import read_checkpoint
+    from vitpss.weights import read_checkpoint
 
     torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1), "rng": np.random.get_state(),
                 "epoch": np.int64(3)}, tmp_path / "foreign.pt")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from timm.models import clean_state_dict
 from torch import nn
 
 from .errors import UsageError
@@ -115,16 +116,16 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
 def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The weights in a checkpoint object, with wrapper prefixes removed.
 
-    Unwraps ``model`` / ``state_dict`` / ``module`` / ``state_dict_ema``-free layouts, strips
-    ``module.`` (DDP) and, when present, keeps only ``encoder.`` keys without the prefix (and the
-    pre-training-only ``mask_token`` / ``decoder.*``, which :func:`convert_state_dict` drops).
+    Unwraps ``model`` / ``state_dict`` / ``module`` / ``state_dict_ema``-free layouts, strips the
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes and, when present, keeps only
+    ``encoder.`` keys without the prefix (and the pre-training-only ``mask_token`` / ``decoder.*``,
+    which :func:`convert_state_dict` drops).
     """
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = clean_state_dict(state)  # DDP's module. and torch.compile's _orig_mod. prefixes
     if any(k.startswith("encoder.") for k in state):  # a pre-training wrapper: keep the encoder (and
         # the wrapper's own mask token and decoder, so that the report can name them as ignored)
         state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()

@@ -1,36 +1,26 @@
-"""``vitpss train`` and ``vitpss eval``: a whole training job and checkpoint evaluation.
+"""Supervised training with a patch sampling schedule: :class:`Trainer` and :func:`train`.
 
 The job, top to bottom (:func:`train`): resolve the config, set up data-parallel processes (under
 ``torchrun``), build data, model (timm + :func:`vitpss.attach`), AdamW, per-step cosine LR with
 warm-up, optional Mixup/CutMix, EMA and AMP; restore a checkpoint when resuming; then per epoch:
 :func:`vitpss.engine.train_one_epoch` (keep rate = ``schedule(global step)``), evaluation at all
-patches, logs and checkpoints; finally ``summary.json``. See README "Train" for the run directory.
-
-Public helpers other jobs use: :func:`build_model`, :func:`resolve_model_config`,
-:func:`load_checkpoint`, :func:`model_from_checkpoint`, :func:`config_from_args`.
+patches, logs and checkpoints; finally ``summary.json``. Process set-up lives in
+:mod:`vitpss.runtime`, model building in :mod:`vitpss.models`, the command line in ``commands/train.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import os
-import random
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import timm
 import torch
 import torch.distributed as dist
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.models import register_model
-from timm.models.vision_transformer import VisionTransformer
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -38,138 +28,24 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import (
-    CHECKPOINT_FORMAT, JsonlWriter, RUN_FILES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
-    RESUME_CANDIDATES, checkpoint_path, clear_run_files, find_resume_checkpoint, load_checkpoint, load_model_state,
-    remove_stale_temporaries, rng_state, set_rng_state, truncate_jsonl,
+    CHECKPOINT_FORMAT, JsonlWriter, RESUME_CANDIDATES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
+    find_resume_checkpoint, load_model_state, remove_stale_temporaries, rng_state, set_rng_state, truncate_jsonl,
 )
 from .config import (
-    DEFAULT_MODEL, RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, field_names, field_types, from_dict,
-    load_config, nearest, validate,
+    RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, load_config, schedule_from_config, validate,
 )
 from .data import build_datasets, build_loader
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
-from .timing import sync
 from .errors import UsageError
 from .flops import FlopModel
+from .models import build_model, resolve_model_config
 from .optim import create_adamw
-from .patching import attach, supported_families
-from .pretrained import load_pretrained
-from .schedules import build_schedule
+from .runtime import (
+    Dist, amp_settings, compile_for_schedule, num_threads, prepare_output, seed_everything, setup_distributed,
+)
+from .weights import load_pretrained
 
-__all__ = ["build_model", "resolve_model_config", "load_checkpoint", "model_from_checkpoint", "train",
-           "config_from_args", "register"]
-
-
-# --------------------------------------------------------------------------- model
-
-
-@register_model
-def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """The default model: ViT for 28x28 grayscale digits (patch 7: 16 patches, width 64, depth 4, 4 heads,
-    MLP ratio 2, average pooling over tokens; 0.14 M parameters)."""
-    if pretrained:
-        raise UsageError(f"{DEFAULT_MODEL} has no pretrained weights")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
-                mlp_ratio=2.0, global_pool="avg")
-    return VisionTransformer(**{**args, **kwargs})
-
-
-MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
-
-
-def _check_model_name(name: str) -> None:
-    if timm.is_model(name):
-        return
-    names = sorted(set(timm.list_models("*vit*") + timm.list_models("*deit*") + [DEFAULT_MODEL]))
-    raise UsageError(f"unknown model {name!r}{nearest(name, names)}: use a timm ViT/DeiT name such as "
-                     f"{DEFAULT_MODEL}, deit_tiny_patch16_224, vit_small_patch16_224 (all {len(names)}: "
-                     f"python -c \"import timm; print(timm.list_models('*vit*'))\")")
-
-
-def _create(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -> nn.Module:
-    _check_model_name(cfg.model)
-    kwargs = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
-    try:
-        model = timm.create_model(cfg.model, num_classes=cfg.num_classes or 10, drop_path_rate=cfg.drop_path, **kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as err:
-        shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
-        raise UsageError(f"cannot build {cfg.model} with {shown or 'its defaults'}: {err or type(err).__name__}") from None
-    try:
-        return attach(model, cfg.sampler, generator)
-    except TypeError:
-        raise UsageError(f"model {cfg.model} ({type(model).__name__}) is not supported: vitpss supports "
-                         f"{'; '.join(supported_families())}") from None
-
-
-def resolve_model_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with every model field filled in from the model (built on the meta device: no memory).
-
-    Raises UsageError for unknown or unsupported models, impossible overrides, and an image size
-    that the patch size does not divide.
-    """
-    with torch.device("meta"):
-        model = _create(cfg)
-    embed = model.patch_embed
-    resolved = dataclasses.replace(
-        cfg, img_size=int(embed.img_size[0]), patch_size=int(embed.patch_size[0]), embed_dim=int(model.embed_dim),
-        depth=len(model.blocks), num_heads=int(model.blocks[0].attn.num_heads),
-        in_chans=int(embed.proj.in_channels), global_pool=str(model.global_pool))
-    if resolved.img_size % resolved.patch_size:
-        raise UsageError(f"image size {resolved.img_size} is not divisible by patch size {resolved.patch_size}: "
-                         f"set --img-size to a multiple of {resolved.patch_size} (or change --patch-size)")
-    return resolved
-
-
-def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -> nn.Module:
-    """``timm.create_model(cfg.model, ...)`` with the config's overrides, then ``vitpss.attach(cfg.sampler)``.
-
-    Overrides: img_size, patch_size, embed_dim, depth, num_heads, in_chans, global_pool (None =
-    the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10).
-    ``generator`` seeds the ``random`` sampler. Bad names/settings raise UsageError.
-    """
-    return _create(cfg, generator)
-
-
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
-                          ema: bool = False) -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the model of a ``vitpss train`` checkpoint (file or run directory) and load its weights.
-
-    The checkpoint carries its config, so no model flags are needed. ``ema=True`` loads the EMA
-    weights. Returns ``(model in eval mode on device, config)``.
-    """
-    path = checkpoint_path(path)
-    ckpt = load_checkpoint(path)
-    cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
-    model = build_model(cfg)
-    state = ckpt["ema"] if ema else ckpt["model"]
-    if state is None:
-        raise UsageError(f"{path} has no EMA weights (the run used --ema-decay 0): drop --ema")
-    load_model_state(model, state, str(path))
-    return model.to(device).eval(), cfg
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`TrainConfig` field (defaults suppressed: only given flags appear)."""
-    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
-                        help="YAML file of settings (keys as the flags, '-' or '_'); flags override it")
-    types = field_types()
-    for f in dataclasses.fields(TrainConfig):
-        kind, _ = types[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        shown = "model's" if f.default is None and f.name in MODEL_OVERRIDES else f.default
-        help_text = f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {shown})"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif "const" in f.metadata:
-            parser.add_argument(flag, nargs="?", const=f.metadata["const"], type=kind, default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+__all__ = ["RunState", "Trainer", "resume_config", "train"]
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Optional[dict[str, Any]], Path]:
@@ -210,191 +86,6 @@ def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, 
         values["output"] = str(path.parent)
     return validate(from_dict(values, source=f"config in {path}")), ckpt, path
 
-
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
-    """``(config, checkpoint or None)`` from parsed ``train`` flags: defaults < --config file < flags."""
-    given = {k: v for k, v in vars(args).items() if k in field_names()}
-    if given.get("resume"):
-        if hasattr(args, "config"):
-            raise UsageError("--config cannot be combined with --resume: a resumed run uses its saved config")
-        cfg, ckpt, _ = resume_config(given["resume"], given)
-        return cfg, ckpt
-    base = load_config(args.config) if hasattr(args, "config") else TrainConfig()
-    return validate(from_dict(given, base=base, source="command line")), None
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` and ``eval`` subcommands."""
-    p = subparsers.add_parser("train", help="train a ViT with a patch sampling schedule",
-                              description="Train a timm ViT with a patch sampling schedule. With no arguments: "
-                              f"{DEFAULT_MODEL} on the embedded MNIST subset, cyclic schedule. Under torchrun: data-parallel.")
-    add_config_arguments(p)
-    p.set_defaults(func=run_train)
-    e = subparsers.add_parser("eval", help="accuracy of a checkpoint (optionally at a keep rate)")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file, or a run directory (its checkpoint.pt)")
-    e.add_argument("--keep-rate", type=float, default=None, help="share of patches kept at inference (default 1)")
-    e.add_argument("--data", default=None, help="evaluate on other data with the same classes (default: the run's)")
-    e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
-    e.add_argument("--workers", type=int, default=None, help="DataLoader workers")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    e.set_defaults(func=run_eval)
-
-
-def _one_line(message: str) -> str:
-    """The user's message of an error re-raised from a DataLoader worker (which adds a traceback)."""
-    lines = [line for line in message.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return message
-    last = lines[-1]
-    return last.split("UsageError: ", 1)[-1]
-
-
-def run_train(args: argparse.Namespace) -> int:
-    cfg, ckpt = config_from_args(args)
-    try:
-        train(cfg, checkpoint=ckpt)
-    except UsageError as err:
-        raise UsageError(_one_line(str(err))) from None
-    except NonFiniteLossError as err:
-        print(f"vitpss: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    if args.keep_rate is not None and not 0 < args.keep_rate <= 1:
-        raise UsageError(f"--keep-rate={args.keep_rate} is out of range: it must be in (0, 1]")
-    device = resolve_device(args.device)
-    model, cfg = model_from_checkpoint(args.checkpoint, device, ema=args.ema)
-    overrides = {k: getattr(args, k) for k in ("data", "batch_size", "workers") if getattr(args, k) is not None}
-    cfg = validate(from_dict(overrides, base=cfg, source="command line"))
-    _, val_ds, num_classes, _, _ = build_datasets(dataclasses.replace(cfg, num_classes=None))
-    if num_classes != cfg.num_classes:
-        raise UsageError(f"--data {cfg.data} has {num_classes} classes but the checkpoint's model has {cfg.num_classes}")
-    loader = build_loader(val_ds, cfg, train=False, device=device)
-    try:
-        result = evaluate(model, loader, device, keep_rate=args.keep_rate)
-    except UsageError as err:
-        raise UsageError(_one_line(str(err))) from None
-    rate = 1.0 if args.keep_rate is None else args.keep_rate
-    print(f"acc1 {result['acc1']:.2f}  acc5 {result['acc5']:.2f}  loss {result['loss']:.4f}  "
-          f"keep rate {rate:g}  images {result['images']}  ({checkpoint_path(args.checkpoint)})")
-    return 0
-
-
-# --------------------------------------------------------------------------- set-up helpers
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` = CUDA (this process's local rank) when available, else CPU."""
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-
-
-@dataclasses.dataclass
-class Dist:
-    """This process's place in a data-parallel job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group from the environment (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), resolve_device(device_name)
-    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name, d.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return d, device
-
-
-def amp_settings(amp: str, device: torch.device) -> tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
-    """Autocast dtype and (fp16 only) a GradScaler for ``--amp``."""
-    if amp == "off":
-        return None, None
-    if amp == "auto":
-        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise UsageError("--amp fp16 needs CUDA: use --amp bf16 on CPU")
-        return torch.float16, torch.amp.GradScaler("cuda")
-    return torch.bfloat16, None
-
-
-#: Most graphs ``--compile`` allows (one per distinct keep rate); beyond, torch's recompile limit applies.
-MAX_COMPILED_RATES = 32
-
-
-def compile_for_schedule(net: nn.Module, schedule, *, warn: bool = True, backend: str = "inductor") -> nn.Module:
-    """``torch.compile(net, dynamic=False)``: one static graph per distinct keep rate of ``schedule``.
-
-    Dynamo specialises on the keep rate, so each distinct rate compiles once and later steps at it
-    reuse its graph (``dynamic=False`` skips a symbolic trace that dynamo would throw away). The
-    recompile limit is raised to the number of rates, up to MAX_COMPILED_RATES; more rates (e.g.
-    ``--quantum 0``: every new rate is a new token count) print a warning: past torch's limit the
-    remaining rates run uncompiled.
-    """
-    rates = len(np.unique(schedule.rates()))
-    limit = torch._dynamo.config.recompile_limit
-    if rates <= MAX_COMPILED_RATES:
-        torch._dynamo.config.recompile_limit = max(limit, rates)
-    elif warn:
-        print(f"vitpss: warning: --compile compiles one graph per keep rate and this schedule has {rates} "
-              f"distinct rates (--quantum {schedule.quantum:g}); after {limit} graphs the other rates run "
-              f"uncompiled. Use --quantum 0.2 (5 rates) with --compile", file=sys.stderr)
-    return torch.compile(net, dynamic=False, backend=backend)
-
-
-def _holds_run(directory: Path) -> bool:
-    return any((directory / name).exists() for name in RUN_FILES)
-
-
-def prepare_output(cfg: TrainConfig, d: Dist, resuming: bool) -> Path:
-    """The run directory: checked on every rank (refuse to mix runs), then created by rank 0."""
-    out = cfg.output
-    if out is None:
-        stamp = [datetime.now().strftime("runs/train-%Y%m%d-%H%M%S")]
-        if d.world_size > 1:
-            dist.broadcast_object_list(stamp, src=0)
-        out = stamp[0]
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--output {path} is a file: give a directory")
-    if not resuming and path.is_dir() and _holds_run(path) and not cfg.overwrite:
-        raise UsageError(f"--output {path} holds another run: choose another --output, continue it with "
-                         f"--resume {path}, or replace it with --overwrite")
-    if d.world_size > 1:
-        dist.barrier()
-    if d.main:
-        path.mkdir(parents=True, exist_ok=True)
-        if not resuming and cfg.overwrite:
-            clear_run_files(path)
-    return path
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _progress_enabled(cfg: TrainConfig, d: Dist) -> bool:
@@ -443,9 +134,7 @@ class Trainer:
         self.val_loader = build_loader(val_ds, cfg, False, rank=self.d.rank, world_size=self.d.world_size,
                                        device=self.device)
         self.steps_per_epoch = len(self.train_loader)
-        self.schedule = build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=self.steps_per_epoch,
-                                       epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
-                                       period_steps=cfg.period_steps)
+        self.schedule = schedule_from_config(cfg, self.steps_per_epoch)
         self.optimizer = create_adamw(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,
@@ -668,22 +357,20 @@ def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> Opti
     if cfg.resume and checkpoint is None:
         cfg, checkpoint, _ = resume_config(cfg.resume, {})
     owns_group = not (dist.is_available() and dist.is_initialized())
-    trainer, threads = None, torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        trainer = Trainer(cfg, checkpoint)
-        trainer.open_logs(resuming=checkpoint is not None)
-        if trainer.state.step >= trainer.schedule.total_steps:
-            if not (trainer.out / "summary.json").exists():  # killed after its last checkpoint
-                return trainer.finish()
-            if trainer.d.main:
-                print(f"nothing to do: the run in {trainer.out} finished at step {trainer.state.step}")
-            return None
-        return trainer.run()
-    finally:
-        torch.set_num_threads(threads)
-        if trainer is not None:
-            trainer.close_logs()
-        if owns_group and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    with num_threads(cfg.threads):
+        trainer = None
+        try:
+            trainer = Trainer(cfg, checkpoint)
+            trainer.open_logs(resuming=checkpoint is not None)
+            if trainer.state.step >= trainer.schedule.total_steps:
+                if not (trainer.out / "summary.json").exists():  # killed after its last checkpoint
+                    return trainer.finish()
+                if trainer.d.main:
+                    print(f"nothing to do: the run in {trainer.out} finished at step {trainer.state.step}")
+                return None
+            return trainer.run()
+        finally:
+            if trainer is not None:
+                trainer.close_logs()
+            if owns_group and dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()

@@ -1,9 +1,9 @@
-"""Put patch sampling into stock timm models without forking them.
+"""Put patch sampling into stock timm models without forking them: the family-independent core.
 
-timm's ``VisionTransformer`` (ViT, DeiT, DeiT-III, register models) calls ``self.patch_drop(x)``
-right after the position embedding. :func:`attach` replaces that slot with a
-:class:`PatchSampler` whose keep rate can be changed at any time. It adds no parameters or
-buffers, so ``state_dict`` keys are unchanged and checkpoints stay plain timm checkpoints.
+:func:`attach` finds the model's family (:func:`register_family`; the families live in
+``patching/vit.py`` and ``patching/relpos.py``) and installs a :class:`PatchSampler` whose keep
+rate can be changed at any time. It adds no parameters or buffers, so ``state_dict`` keys are
+unchanged and checkpoints stay plain timm checkpoints.
 
 The rule for which rate applies:
 
@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from .samplers import SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count
+from ..samplers import SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count
 
 
 class PatchSampler(nn.Module):
@@ -83,21 +83,6 @@ def register_family(name: str, predicate: Callable[[nn.Module], bool], installer
     _FAMILIES.append((name, predicate, installer))
 
 
-def _is_vision_transformer(model: nn.Module) -> bool:
-    from timm.models.vision_transformer import VisionTransformer
-
-    return isinstance(model, VisionTransformer)
-
-
-def _install_vision_transformer(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
-    # A pre-existing timm PatchDropout is replaced: PSS takes over its job.
-    model.patch_drop = PatchSampler(sampler, model.num_prefix_tokens, generator)
-
-
-register_family("timm VisionTransformer (ViT, DeiT, DeiT-III, register tokens)",
-                _is_vision_transformer, _install_vision_transformer)
-
-
 def supported_families() -> list[str]:
     return [name for name, _, _ in _FAMILIES]
 
@@ -131,7 +116,8 @@ def _samplers_or_raise(model: nn.Module) -> list[PatchSampler]:
     return found
 
 
-def _check_rate(rate: float) -> float:
+def check_keep_rate(rate: float) -> float:
+    """``rate`` as a float; ValueError unless it is in (0, 1]."""
     rate = float(rate)
     if not 0 < rate <= 1:
         raise ValueError(f"keep_rate={rate!r} is out of range: keep_rate must be in (0, 1]")
@@ -140,7 +126,7 @@ def _check_rate(rate: float) -> float:
 
 def set_keep_rate(model: nn.Module, rate: float, inference: bool = False) -> None:
     """Set the training keep rate (or, with ``inference=True``, the rate used in eval mode)."""
-    rate = _check_rate(rate)
+    rate = check_keep_rate(rate)
     for module in _samplers_or_raise(model):
         if inference:
             module.inference_keep_rate = rate
@@ -163,7 +149,7 @@ def get_keep_indices(model: nn.Module) -> Optional[torch.Tensor]:
 @contextlib.contextmanager
 def keep_rate(model: nn.Module, rate: float) -> Iterator[nn.Module]:
     """Run ``model`` at ``rate`` inside the block, in train and eval mode alike; restores after."""
-    rate = _check_rate(rate)
+    rate = check_keep_rate(rate)
     modules = _samplers_or_raise(model)
     saved = [(m.train_keep_rate, m.inference_keep_rate) for m in modules]
     for m in modules:
@@ -185,4 +171,4 @@ def token_count(model: nn.Module, rate: float) -> int:
     """Tokens per image that reach the first block at keep ``rate`` (prefix tokens included)."""
     sampler = _samplers_or_raise(model)[0]
     num_patches = model.patch_embed.num_patches
-    return sampler.num_prefix_tokens + keep_count(_check_rate(rate), num_patches)
+    return sampler.num_prefix_tokens + keep_count(check_keep_rate(rate), num_patches)

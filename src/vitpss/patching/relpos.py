@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .patching import PatchSampler, register_family
+from .core import PatchSampler, register_family
 
 
 class KeptPairs(NamedTuple):
@@ -46,8 +46,12 @@ def kept_pair_index(relative_position_index: torch.Tensor, keep_indices: torch.T
     """``relative_position_index`` (``(N + 1, N + 1)``, class token first) at the kept pairs.
 
     ``keep_indices``: ``(B, num_keep)`` patch indices. Returns ``(B, n, n)`` with
-    ``n = num_prefix_tokens + num_keep``; the prefix token takes row/column 0.
+    ``n = 1 + num_keep``; the class token takes row/column 0. BEiT's index has exactly one prefix
+    token, so ``num_prefix_tokens`` must be 1 (ValueError otherwise).
     """
+    if num_prefix_tokens != 1:
+        raise ValueError(f"num_prefix_tokens={num_prefix_tokens}: a BEiT relative position index has exactly one "
+                         f"prefix (class) token")
     prefix = keep_indices.new_zeros(keep_indices.shape[0], num_prefix_tokens)
     positions = torch.cat((prefix, keep_indices + 1), dim=1)  # (B, n) rows of the full index
     return relative_position_index[positions[:, :, None], positions[:, None, :]]

@@ -1,4 +1,4 @@
-"""``vitpss plot reconstructions RUN_DIR``: what a SimMIM pre-training run fills in.
+"""Figures of SimMIM pre-training runs (``vitpss plot reconstructions RUN_DIR``): what the model fills in.
 
 Rows: validation images, the masked input (masked blocks faded), and the reconstruction (the
 model's pixels in masked blocks, the input elsewhere). Masks come from a fixed seed.
@@ -6,15 +6,16 @@ model's pixels in masked blocks, the input elsewhere). Masks come from a fixed s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .data import build_datasets
 from .errors import UsageError
-from .plots import Draw, _new_figure, figure, grey_out, save_figure
+from .figures import grey_out, new_figure, save_figure
+from .inference import display_images
+from .models import model_from_pretrain_checkpoint
 from .simmim import SimMIM
 
 
@@ -32,10 +33,6 @@ def reconstruct(model: SimMIM, inputs: torch.Tensor, seed: int = 0) -> tuple[tor
 def plot_reconstructions(run_dir: Path, output: Path, *, num_images: int = 8, seed: int = 0,
                          device: str = "cpu") -> Path:
     """Draw originals, masked inputs and reconstructions of ``num_images`` validation images."""
-    from .data import build_datasets
-    from .pretrain import model_from_pretrain_checkpoint
-    from .sweep import display_images
-
     if num_images < 1:
         raise UsageError(f"--images={num_images} must be >= 1")
     model, cfg, mask_cfg = model_from_pretrain_checkpoint(run_dir, device)
@@ -47,7 +44,7 @@ def plot_reconstructions(run_dir: Path, output: Path, *, num_images: int = 8, se
     rows = [("image", originals),
             (f"masked ({mask_cfg['mask_ratio']:.0%})", grey_out(originals, mask.bool().cpu().numpy(), keep=0.0)),
             ("reconstruction", display_images(filled, val_ds))]
-    fig, axes = _new_figure(1.3 * count, 1.4 * len(rows), ncols=count, nrows=len(rows))
+    fig, axes = new_figure(1.3 * count, 1.4 * len(rows), ncols=count, nrows=len(rows))
     for r, (label, images) in enumerate(rows):
         for c in range(count):
             ax = axes[r][c]
@@ -58,15 +55,3 @@ def plot_reconstructions(run_dir: Path, output: Path, *, num_images: int = 8, se
         axes[r][0].set_ylabel(label, fontsize=9)
     fig.suptitle(f"SimMIM reconstructions: {cfg.model}, {Path(run_dir).name}", fontsize=10)
     return save_figure(fig, output)
-
-
-@figure("reconstructions", "SimMIM pre-training run: images, masked inputs and reconstructions")
-def _reconstructions_command(p: argparse.ArgumentParser) -> Draw:
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a 'vitpss pretrain' run directory or checkpoint")
-    p.add_argument("--images", type=int, default=8, help="number of validation images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the masks (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-
-    def draw(args: argparse.Namespace) -> None:
-        plot_reconstructions(args.run_dir, args.output, num_images=args.images, seed=args.seed, device=args.device)
-    return draw

@@ -1,20 +1,18 @@
-"""``vitpss plot <figure>``: figures from schedules, run directories, sweeps and checkpoints.
+"""Figures from schedules, run directories, sweeps and checkpoints (``vitpss plot`` draws them).
 
 Each figure is a function ``plot_<name>(..., output)`` that draws on a fresh matplotlib
 ``Figure`` (Agg canvas, no pyplot state) and writes a PNG, or a PDF when ``output`` ends in
-``.pdf``. Each figure's command line is a function decorated with :func:`figure`: it adds the
-figure's arguments to its parser and returns a callable that draws from the parsed arguments.
-To add a figure: write ``plot_<name>`` and one ``@figure("<name>", ...)`` function.
+``.pdf``. To add a figure: write ``plot_<name>`` here and one ``@figure("<name>", ...)`` function
+in ``commands/plot.py``. SimMIM pre-training figures: :mod:`vitpss.figures_pretrain`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import matplotlib
 import numpy as np
@@ -22,15 +20,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from .checkpoint import read_jsonl
 from .errors import UsageError
 from .patching import get_keep_indices, keep_rate, token_count
-from .samplers import SAMPLERS
-from .schedules import PAPER_SCHEDULES, SCHEDULES, build_schedule, paper_schedule
+from .schedules import PAPER_SCHEDULES, build_schedule, paper_schedule
 
 DPI = 100
 OUTPUT_FORMATS = {".png": "png", ".pdf": "pdf"}
-Draw = Callable[[argparse.Namespace], None]
-_FIGURES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Draw]]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,22 +57,13 @@ def read_json(path: Path) -> Any:
         raise UsageError(f"{path}: not valid JSON ({err})") from None
 
 
-def read_jsonl(path: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines log that carry every key in ``keys``; UsageError when there are none."""
+def read_log(path: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Records of a run's JSON-lines log carrying ``keys`` (:func:`vitpss.checkpoint.read_jsonl`:
+    a torn last line is ignored, as ``--resume`` does); UsageError when missing or empty."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file (is {path.parent} a vitpss run directory?)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"{path}, line {number}: not valid JSON") from None
-        if not isinstance(row, dict) or any(k not in row for k in keys):
-            raise UsageError(f"{path}, line {number}: expected a JSON object with keys {', '.join(keys)}")
-        rows.append(row)
+    rows = read_jsonl(path, keys)
     if not rows:
         raise UsageError(f"{path}: the log is empty")
     return rows
@@ -120,7 +107,8 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return 1.0, "s"
 
 
-def _new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kwargs) -> tuple[Figure, Any]:
+def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kwargs) -> tuple[Figure, Any]:
+    """A ``Figure`` on the Agg canvas (no pyplot state) and its ``nrows x ncols`` axes (always 2-D)."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
 
@@ -192,7 +180,7 @@ def schedule_curve(spec: str, *, defaults: dict[str, float], steps_per_epoch: in
 def run_schedule_curve(run_dir: Path) -> ScheduleCurve:
     """The keep rates a run actually used, from its ``train_log.jsonl``."""
     run_dir = _run_dir(run_dir)
-    rows = sorted(read_jsonl(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate")), key=lambda r: r["step"])
+    rows = sorted(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate")), key=lambda r: r["step"])
     epochs = _epochs_of(rows)
     fraction = _summary(run_dir).get("compute_fraction")
     return ScheduleCurve(f"{run_dir.name} (logged)", np.array([r["keep_rate"] for r in rows], dtype=float),
@@ -205,7 +193,7 @@ def plot_schedule(curves: Sequence[ScheduleCurve], output: Path, *, epoch: int =
     The legend gives each curve's mean keep rate and, when known, its compute fraction (training
     FLOPs over the same run with all patches).
     """
-    fig, axes = _new_figure(11, 4, ncols=2, sharey=True)
+    fig, axes = new_figure(11, 4, ncols=2, sharey=True)
     whole, one = axes[0]
     colors = matplotlib.colormaps["tab10"].colors
     for i, c in enumerate(curves):
@@ -246,13 +234,13 @@ def plot_train_time(run_dirs: Sequence[Path], output: Path, *, epoch: int | None
     runs = []
     for run_dir in run_dirs:
         run_dir = _run_dir(run_dir)
-        epochs = _epochs_of(read_jsonl(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate", "step_time")))
+        epochs = _epochs_of(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate", "step_time")))
         index = (1 if len(epochs) > 1 else 0) if epoch is None else epoch
         if not 0 <= index < len(epochs):
             raise UsageError(f"--epoch {epoch}: {run_dir} has epochs 0..{len(epochs) - 1}")
         runs.append((run_dir.name, index, sorted(epochs[index], key=lambda r: r["step"])))
     colors = _rate_colors([r["keep_rate"] for _, _, rows in runs for r in rows])
-    fig, axes = _new_figure(10, 1.2 + 2.8 * len(runs), nrows=len(runs), sharey=True)
+    fig, axes = new_figure(10, 1.2 + 2.8 * len(runs), nrows=len(runs), sharey=True)
     for ax, (name, index, rows) in zip(axes[:, 0], runs):
         rate = np.array([r["keep_rate"] for r in rows], dtype=float)
         ms = 1e3 * np.array([r["step_time"] for r in rows], dtype=float)
@@ -280,8 +268,8 @@ def plot_train_time(run_dirs: Sequence[Path], output: Path, *, epoch: int | None
 
 def _run_curves(run_dir: Path, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train x, train loss, val x, val acc1) of one run; x in epochs or in seconds of training."""
-    train = _epochs_of(read_jsonl(run_dir / "train_log.jsonl", ("step", "epoch", "loss", "step_time")))
-    val = read_jsonl(run_dir / "val_log.jsonl", ("epoch", "acc1"))
+    train = _epochs_of(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "loss", "step_time")))
+    val = read_log(run_dir / "val_log.jsonl", ("epoch", "acc1"))
     first_epoch = int(train[0][0]["epoch"])
     loss = np.array([r["loss"] for rows in train for r in rows], dtype=float)
     if x == "epoch":
@@ -314,7 +302,7 @@ def plot_curves(run_dirs: Sequence[Path], output: Path, *, x: str = "epoch") -> 
     data = [(_run_dir(d).name, *_run_curves(_run_dir(d), x)) for d in run_dirs]
     scale, unit = (1.0, "") if x == "epoch" else _time_unit(max(np.nanmax(tx) for _, tx, *_ in data))
     xlabel = "epoch" if x == "epoch" else f"training time ({unit}, wall-clock, evaluation excluded)"
-    fig, axes = _new_figure(11, 4.2, ncols=2)
+    fig, axes = new_figure(11, 4.2, ncols=2)
     loss_ax, acc_ax = axes[0]
     colors = matplotlib.colormaps["tab10"].colors
     for i, (name, tx, loss, vx, acc) in enumerate(data):
@@ -341,7 +329,7 @@ def plot_sweep(sweep_files: Sequence[Path], output: Path, *, labels: Sequence[st
     sweeps = [read_sweep(Path(f)) for f in sweep_files]
     if labels is None:
         labels = [Path(f).parent.name or str(f) for f in sweep_files]
-    fig, axes = _new_figure(8, 4.8)
+    fig, axes = new_figure(8, 4.8)
     acc_ax = axes[0][0]
     speed_ax = acc_ax.twinx()
     colors = matplotlib.colormaps["tab10"].colors
@@ -427,7 +415,7 @@ def plot_patches(panels: Sequence[PatchPanel], targets: Sequence[int], output: P
     names = list(class_names) if class_names is not None else None
     name = (lambda c: names[c]) if names else str
     nrows, ncols = len(targets), len(panels)
-    fig, axes = _new_figure(0.3 + 1.7 * ncols, 0.5 + 1.85 * nrows, ncols=ncols, nrows=nrows)
+    fig, axes = new_figure(0.3 + 1.7 * ncols, 0.5 + 1.85 * nrows, ncols=ncols, nrows=nrows)
     for col, panel in enumerate(panels):
         for row, target in enumerate(targets):
             ax = axes[row][col]
@@ -466,7 +454,7 @@ def plot_patch_frequency(frequencies: dict[float, np.ndarray], output: Path, *, 
                          title: str | None = None) -> Path:
     """Heat map per keep rate: % of the ``num_images`` images in which each position is kept."""
     ncols = len(frequencies)
-    fig, axes = _new_figure(0.8 + 3.0 * ncols, 3.6, ncols=ncols)
+    fig, axes = new_figure(0.8 + 3.0 * ncols, 3.6, ncols=ncols)
     image = None
     for ax, (rate, freq) in zip(axes[0], frequencies.items()):
         image = ax.imshow(100 * freq, cmap="hot", vmin=0, vmax=100, interpolation="nearest")
@@ -474,164 +462,3 @@ def plot_patch_frequency(frequencies: dict[float, np.ndarray], output: Path, *, 
     fig.colorbar(image, ax=axes[0].tolist(), label="kept in % of images", shrink=0.9)
     fig.suptitle(title or f"How often each patch position is kept ({num_images} validation images)", fontsize=10)
     return save_figure(fig, output)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: `vitpss plot <figure> ...`
-
-
-def figure(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser], Draw]], Callable]:
-    """Register a figure's command: the decorated function adds its arguments to the parser and
-    returns ``draw(args)``, which writes ``args.output``."""
-    def decorate(configure: Callable[[argparse.ArgumentParser], Draw]) -> Callable:
-        _FIGURES[name] = (help, configure)
-        return configure
-    return decorate
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("plot", help="draw a figure (schedule, train-time, curves, sweep, patches, ...)",
-                                   description="Draw a figure to --output (PNG, or PDF when the name ends in .pdf).")
-    figures = parser.add_subparsers(dest="figure", metavar="FIGURE", parser_class=type(parser))
-    figures.required = True
-    for name, (help_text, configure) in _FIGURES.items():
-        sub = figures.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--output", type=Path, default=Path(f"{name}.png"),
-                         help="PNG file, or PDF when the name ends in .pdf (default: %(default)s)")
-        draw = configure(sub)
-        sub.set_defaults(func=lambda args, draw=draw: _draw(draw, args))
-
-
-def _draw(draw: Draw, args: argparse.Namespace) -> int:
-    if args.output.suffix.lower() not in OUTPUT_FORMATS:
-        raise UsageError(f"--output {args.output}: the file name must end in .png or .pdf")
-    draw(args)
-    print(f"wrote {args.output}")
-    return 0
-
-
-def _rates(text: str) -> list[float]:
-    from .sweep import parse_rates
-
-    return parse_rates(text)
-
-
-@figure("schedule", "keep rate over training (whole run and one epoch), mean keep rate and compute")
-def _schedule_command(p: argparse.ArgumentParser) -> Draw:
-    p.add_argument("--schedule", action="append", default=[], metavar="NAME[:key=value,...]",
-                   help=f"a schedule ({', '.join(SCHEDULES)}, or paper-<{'|'.join(PAPER_SCHEDULES)}>), "
-                        "repeatable to overlay; e.g. fixed:low=0.6 or paper-cyclic:end_drop=0")
-    p.add_argument("--run", action="append", default=[], type=Path, metavar="DIR",
-                   help="a run directory: plot the keep rates it logged (repeatable)")
-    p.add_argument("--low", type=float, default=0.2)
-    p.add_argument("--high", type=float, default=1.0)
-    p.add_argument("--quantum", type=float, default=0.2)
-    p.add_argument("--cooldown-epochs", type=int, default=0)
-    p.add_argument("--start-drop", type=float, default=0.8, help="paper schedules: first drop ratio")
-    p.add_argument("--end-drop", type=float, default=-0.1, help="paper schedules: last drop ratio")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--steps-per-epoch", type=int, default=2502, help="default: ImageNet at batch 512")
-    p.add_argument("--epoch", type=int, default=0, help="the epoch shown in the right panel")
-    p.add_argument("--model", default=None,
-                   help="timm model name: adds each schedule's training compute fraction (FLOPs) to the legend")
-
-    def draw(args: argparse.Namespace) -> None:
-        if not args.schedule and not args.run:
-            raise UsageError("give at least one --schedule NAME or --run DIR")
-        flop_model = _flop_model(args.model) if args.model and args.schedule else None
-        defaults = {k: getattr(args, k) for k in ("low", "high", "quantum", "cooldown_epochs", "start_drop", "end_drop")}
-        curves = [schedule_curve(s, defaults=defaults, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs,
-                                 flop_model=flop_model) for s in args.schedule]
-        curves += [run_schedule_curve(d) for d in args.run]
-        plot_schedule(curves, args.output, epoch=args.epoch)
-    return draw
-
-
-def _flop_model(name: str):
-    import timm
-
-    from .flops import FlopModel
-    from .patching import attach
-
-    try:
-        model = timm.create_model(name, num_classes=1000)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(f"--model {name!r}: {err}") from None
-    return FlopModel(attach(model), backward=True)
-
-
-@figure("train-time", "per-iteration training step time over one epoch, coloured by keep rate")
-def _train_time_command(p: argparse.ArgumentParser) -> Draw:
-    p.add_argument("run_dir", nargs="+", type=Path, help="run directories (one panel each)")
-    p.add_argument("--epoch", type=int, default=None, help="epoch to show (default: the second)")
-    return lambda args: plot_train_time(args.run_dir, args.output, epoch=args.epoch)
-
-
-@figure("curves", "training loss and validation accuracy of runs, against epochs or wall-clock time")
-def _curves_command(p: argparse.ArgumentParser) -> Draw:
-    p.add_argument("run_dir", nargs="+", type=Path, help="run directories to compare")
-    p.add_argument("--x", choices=("epoch", "time"), default="epoch",
-                   help="x axis: epochs, or cumulative training wall-clock time")
-    return lambda args: plot_curves(args.run_dir, args.output, x=args.x)
-
-
-@figure("sweep", "accuracy and throughput vs keep rate from one or more sweep.json files")
-def _sweep_command(p: argparse.ArgumentParser) -> Draw:
-    p.add_argument("sweep_json", nargs="+", type=Path, help="sweep.json files written by 'vitpss sweep'")
-    p.add_argument("--label", action="append", default=None, help="legend label per file (repeat, in order)")
-
-    def draw(args: argparse.Namespace) -> None:
-        if args.label is not None and len(args.label) != len(args.sweep_json):
-            raise UsageError(f"{len(args.label)} --label for {len(args.sweep_json)} sweep files: give one per file")
-        plot_sweep(args.sweep_json, args.output, labels=args.label)
-    return draw
-
-
-def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="patch sampler (default: the one the run trained with)")
-    p.add_argument("--data", default=None, help="validation data (default: the run's data)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-
-
-@figure("patches", "validation images with dropped patches greyed out, one column per keep rate")
-def _patches_command(p: argparse.ArgumentParser) -> Draw:
-    _checkpoint_arguments(p)
-    p.add_argument("--keep-rates", type=_rates, default=[1.0, 0.8, 0.6, 0.4, 0.2])
-    p.add_argument("--n-images", type=int, default=4, help="number of validation images (rows)")
-
-    def draw(args: argparse.Namespace) -> None:
-        from .sweep import load_checkpoint
-
-        if not 1 <= args.n_images <= 64:
-            raise UsageError(f"--n-images {args.n_images}: choose 1 to 64")
-        loaded = load_checkpoint(args.checkpoint, data=args.data, device=args.device, sampler=args.sampler)
-        inputs, targets, display = loaded.sample_images(args.n_images)
-        panels = patch_panels(loaded.model, inputs, display, args.keep_rates)
-        plot_patches(panels, targets, args.output, class_names=loaded.class_names,
-                     title=f"{args.checkpoint.parent.name}, {loaded.sampler} sampler: grey patches are dropped; "
-                           "prediction (softmax probability)")
-    return draw
-
-
-@figure("patch-frequency", "heat map of how often each patch position is kept over the validation set")
-def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
-    _checkpoint_arguments(p)
-    p.add_argument("--keep-rate", type=_rates, required=True, metavar="R[,R...]",
-                   help="keep rate(s); one heat map each")
-    p.add_argument("--batch-size", type=int, default=None)
-
-    def draw(args: argparse.Namespace) -> None:
-        from .sweep import load_checkpoint
-
-        loaded = load_checkpoint(args.checkpoint, data=args.data, device=args.device, sampler=args.sampler,
-                                 batch_size=args.batch_size)
-        frequencies = {r: keep_frequency(loaded.model, loaded.val_loader, r) for r in args.keep_rate}
-        plot_patch_frequency(frequencies, args.output, num_images=len(loaded.val_dataset),
-                             title=f"{args.checkpoint.parent.name}, {loaded.sampler} sampler: how often each patch "
-                                   f"position is kept ({len(loaded.val_dataset)} validation images)")
-    return draw
-
-
-from . import plots_pretrain  # noqa: E402,F401  (registers "plot reconstructions": SimMIM pre-training runs)

@@ -23,13 +23,14 @@ import torch
 import yaml
 from torch import nn
 
-from .config import TrainConfig, field_types, from_dict, load_config, validate
-from .errors import UsageError
-from .flops import FlopModel
-from .samplers import keep_count
-from .schedules import KeepRateSchedule, build_schedule
-from .timing import time_training_steps
-from .train import amp_settings, build_model, resolve_device
+from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
+from ..errors import UsageError
+from ..flops import FlopModel
+from ..samplers import keep_count
+from ..schedules import KeepRateSchedule
+from ..timing import time_training_steps
+from ..models import build_model
+from ..runtime import amp_settings, resolve_device
 
 #: Up to this many grid rates the table lists each; finer grids (and quantum 0) show DISPLAY_RATES.
 MAX_ROWS = 12
@@ -176,12 +177,7 @@ def as_flags(settings: dict[str, Any]) -> str:
 
 
 def build_plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSchedule:
-    try:
-        return build_schedule(cfg.schedule, low=cfg.low, high=cfg.high, steps_per_epoch=steps_per_epoch,
-                              epochs=cfg.epochs, quantum=cfg.quantum, cooldown_epochs=cfg.cooldown_epochs,
-                              period_steps=cfg.period_steps)
-    except ValueError as err:
-        raise UsageError(f"invalid schedule setting: {err}") from None
+    return schedule_from_config(cfg, steps_per_epoch)
 
 
 def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float] = None, measure: bool = True,

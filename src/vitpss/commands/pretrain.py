@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -32,53 +29,28 @@ import yaml
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from . import __version__
-from .checkpoint import JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, checkpoint_path, rng_state
-from .config import TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, validate
-from .data import build_datasets, build_loader
-from .engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
-from .optim import create_adamw
-from .timing import sync
-from .errors import UsageError
-from .simmim import SimMIM, check_mask_geometry, default_mask_patch_size
+from .. import __version__
+from ..checkpoint import PRETRAIN_FORMAT, JsonlWriter, atomic_save, atomic_write_json, atomic_write_text, rng_state
+from ..config import MaskConfig, TrainConfig, config_to_dict, dump_yaml, field_names, from_dict, read_yaml, validate
+from ..data import build_datasets, build_loader
+from ..engine import NonFiniteLossError, all_reduce_sum, train_one_epoch
+from ..optim import create_adamw
+from ..timing import sync
+from ..errors import UsageError
+from ..models import build_simmim, resolve_model_config
+from ..runtime import amp_settings, num_threads, prepare_output, seed_everything, setup_distributed
+from ..simmim import SimMIM, check_mask_geometry, default_mask_patch_size
+from .common import add_config_arguments
 
-PRETRAIN_FORMAT = "vitpss.pretrain/1"
 #: Settings of a training config that have no meaning when pre-training (reported if given).
 CLASSIFICATION_ONLY = ("pretrained", "layer_decay", "schedule", "low", "high", "quantum", "cooldown_epochs",
                        "period_steps", "sampler", "mixup", "cutmix", "label_smoothing", "ema_decay", "num_classes",
                        "global_pool", "resume")
 
 
-@dataclass(frozen=True)
-class MaskConfig:
-    """SimMIM's masking: share of ``mask_patch_size`` blocks replaced by the mask token."""
-
-    mask_ratio: float = 0.6
-    mask_patch_size: Optional[int] = None  # None: 32 px where it fits, else one patch
-
-    def validate(self) -> "MaskConfig":
-        if not 0 < self.mask_ratio < 1:
-            raise UsageError(f"--mask-ratio={self.mask_ratio} is out of range: it must be in (0, 1)")
-        if self.mask_patch_size is not None and self.mask_patch_size < 1:
-            raise UsageError(f"--mask-patch-size={self.mask_patch_size} must be >= 1")
-        return self
-
-
-def _read_yaml(path: str) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read config file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(values or {}, dict):
-        raise UsageError(f"config file {path} must hold a mapping of setting: value")
-    return {str(k).replace("-", "_"): v for k, v in (values or {}).items()}
-
-
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, MaskConfig]:
     """``(training-style config, mask config)``: defaults < ``--config`` YAML < flags."""
-    values = _read_yaml(args.config) if hasattr(args, "config") else {}
+    values = read_yaml(args.config) if hasattr(args, "config") else {}
     mask_values = {k: values.pop(k) for k in ("mask_ratio", "mask_patch_size") if k in values}
     for key in ("mask_ratio", "mask_patch_size"):
         if getattr(args, key, None) is not None:
@@ -96,18 +68,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, MaskConfig]
     except TypeError as err:
         raise UsageError(f"mask settings: {err}") from None
     return validate(cfg), mask
-
-
-def build_simmim(cfg: TrainConfig, mask: MaskConfig, generator: Optional[torch.Generator] = None) -> SimMIM:
-    """The model of ``vitpss train`` for ``cfg`` (no head, final norm) inside SimMIM."""
-    from .train import build_model
-
-    encoder = build_model(cfg)
-    encoder.reset_classifier(0)
-    try:
-        return SimMIM(encoder, mask.mask_ratio, mask.mask_patch_size, generator)
-    except ValueError as err:
-        raise UsageError(f"--mask-patch-size: {err}") from None
 
 
 @torch.no_grad()
@@ -130,18 +90,11 @@ def validation_loss(model: SimMIM, loader, device: torch.device, seed: int,
 
 def pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     """Run a whole SimMIM pre-training job (single process or under torchrun); returns the summary."""
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _pretrain(cfg, mask)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
-    from .train import amp_settings, prepare_output, resolve_model_config, seed_everything, setup_distributed
-
     d, device = setup_distributed(cfg.device)
     cfg = resolve_model_config(cfg)
     train_ds, val_ds, _, _, _ = build_datasets(dataclasses.replace(cfg, num_classes=None))
@@ -224,26 +177,8 @@ def _pretrain(cfg: TrainConfig, mask: MaskConfig) -> dict[str, Any]:
     return summary
 
 
-def model_from_pretrain_checkpoint(path: str | Path,
-                                   device: str | torch.device = "cpu") -> tuple[SimMIM, TrainConfig, dict]:
-    """Rebuild the SimMIM model of a ``vitpss pretrain`` checkpoint (file or run directory)."""
-    path = checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UsageError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != PRETRAIN_FORMAT:
-        raise UsageError(f"{path} is not a vitpss pretrain checkpoint (no '{PRETRAIN_FORMAT}' format tag)")
-    cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
-    model = build_simmim(cfg, MaskConfig(**ckpt["mask"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg, ckpt["mask"]
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``pretrain`` subcommand."""
-    from .train import add_config_arguments
-
     p = subparsers.add_parser("pretrain", help="SimMIM masked image modelling (then: vitpss train --pretrained)",
                               description="Pre-train a timm ViT/BEiT by SimMIM masked image modelling on the same "
                               "data options as 'vitpss train'; fine-tune with "

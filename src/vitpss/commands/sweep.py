@@ -1,0 +1,87 @@
+"""``vitpss sweep``: dynamic inference, one checkpoint at many keep rates (see :mod:`vitpss.inference`).
+
+For each keep rate: top-1/top-5 accuracy on the validation data, throughput of the model alone and
+GFLOPs per image of the forward. Writes ``sweep.json`` (rows
+``{keep_rate, acc1, acc5, images_per_s, gflops}``, plus ``tokens`` per image) and ``sweep.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..checkpoint import atomic_write_json, checkpoint_path
+from ..errors import UsageError
+from ..figures import plot_sweep
+from ..inference import load_checkpoint, sweep_model
+from ..runtime import amp_settings
+from ..samplers import SAMPLERS
+from .common import add_amp_argument, parse_rates
+
+DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+def format_table(rows: Sequence[dict[str, float]]) -> str:
+    """The sweep as a Markdown table, speed relative to the first row."""
+    base = rows[0]["images_per_s"]
+    lines = ["| keep rate | tokens | acc1 (%) | acc5 (%) | images/s | speed-up | GFLOPs/image |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['keep_rate']:.2f} | {r.get('tokens', '')} | {r['acc1']:.2f} | {r['acc5']:.2f} "
+                     f"| {r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x | {r['gflops']:.4g} |")
+    return "\n".join(lines)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="accuracy, throughput and GFLOPs of one checkpoint at many keep rates",
+        description="Dynamic inference: evaluate a checkpoint at several keep rates; writes sweep.json "
+                    "and sweep.png (default: beside the checkpoint) and prints a table.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
+    p.add_argument("--keep-rates", type=parse_rates, default=list(DEFAULT_RATES),
+                   help="comma-separated keep rates (default 1.0,0.9,...,0.2)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help="patch sampler at inference (default: the run's; gumbel-magnitude runs use magnitude)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="evaluation and timing batch size (default: the run's batch size)")
+    p.add_argument("--data", default=None, help="validation data (default: the run's data)")
+    p.add_argument("--output", type=Path, default=None, help="directory for sweep.json and sweep.png")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; on a busy shared CPU, 1 times steadier)")
+    add_amp_argument(p)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes first")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    checkpoint = checkpoint_path(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, data=args.data, batch_size=args.batch_size, device=args.device,
+                             sampler=args.sampler)
+    amp_dtype, _ = amp_settings(args.amp, loaded.device)
+    rows = sweep_model(loaded.model, loaded.val_loader, args.keep_rates, warmup=args.warmup,
+                       repeats=args.repeats, amp_dtype=amp_dtype)
+    out_dir = args.output or checkpoint.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "sweep.json", rows)
+    device = loaded.device
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
+    batch = next(iter(loaded.val_loader))[0].shape[0]
+    title = f"{checkpoint.parent.name}: {loaded.sampler} sampler, batch {batch}, {hardware}"
+    plot_sweep([out_dir / "sweep.json"], out_dir / "sweep.png", title=title)
+    print(f"{title}, {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.') + ' autocast'}; images/s: model only, median of "
+          f"{args.repeats} timed passes")
+    print(format_table(rows))
+    print(f"wrote {out_dir / 'sweep.json'} and {out_dir / 'sweep.png'}")
+    return 0

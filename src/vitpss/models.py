@@ -1,0 +1,182 @@
+"""Every timm model vitpss registers, and building a model from a :class:`~vitpss.config.TrainConfig`.
+
+``import vitpss`` registers them, so ``timm.create_model(name)`` works for each:
+
+* ``vitpss_tiny_mnist``: the default model, a timm ``VisionTransformer`` for 28 px digits (below).
+
+The BEiT-style ones are timm ``Beit`` models (relative position bias in every block, mean pooling + LayerNorm);
+``vitpss.attach`` samples them with the bias gathered at the kept positions. The SimMIM ViT-B of
+the paper is timm's own ``beit_base_patch16_224`` (no absolute position embedding, LayerScale 0.1).
+
+* ``vitpss_pss_deit_small_patch16_{224,384}``: the paper's DeiT-S + PSS model (docs/method.md §4):
+  width 384, depth 12, 6 heads, absolute **and** relative position embedding, no LayerScale.
+* ``vitpss_tiny_beit_mnist``: 28 px, patch 7 (16 patches), 1 channel, width 64, depth 4, 4 heads,
+  relative position bias, LayerScale 0.1: a SimMIM-style ViT sized for the embedded MNIST subset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+from timm.models import generate_default_cfgs, register_model
+from timm.models.beit import Beit, _cfg, _create_beit
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .checkpoint import PRETRAIN_FORMAT, checkpoint_path, load_checkpoint, load_model_state
+from .config import DEFAULT_MODEL, MaskConfig, TrainConfig, from_dict, nearest, validate
+from .errors import UsageError
+from .patching import attach, supported_families
+from .simmim import SimMIM
+
+default_cfgs = generate_default_cfgs({  # read by @register_model below: no pretrained weights
+    "vitpss_pss_deit_small_patch16_224": _cfg(),
+    "vitpss_pss_deit_small_patch16_384": _cfg(input_size=(3, 384, 384)),
+    "vitpss_tiny_beit_mnist": _cfg(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,)),
+})
+
+
+def _create_pss_beit(name: str, defaults: dict, kwargs: dict) -> Beit:
+    if kwargs.pop("pretrained", False):
+        raise ValueError(f"{name} has no published weights: load yours with --pretrained FILE")
+    return _create_beit(name, pretrained=False, **{**defaults, **kwargs})
+
+
+_PSS_DEIT_SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, qkv_bias=True,
+                       use_abs_pos_emb=True, use_rel_pos_bias=True, init_values=None, global_pool="avg")
+
+
+@register_model
+def vitpss_pss_deit_small_patch16_224(**kwargs) -> Beit:
+    """The paper's DeiT-S + PSS architecture at 224 px (BEiT-style: APE + per-block RPB, mean pooling)."""
+    return _create_pss_beit("vitpss_pss_deit_small_patch16_224", dict(_PSS_DEIT_SMALL, img_size=224), kwargs)
+
+
+@register_model
+def vitpss_pss_deit_small_patch16_384(**kwargs) -> Beit:
+    """The paper's DeiT-S + PSS architecture at 384 px."""
+    return _create_pss_beit("vitpss_pss_deit_small_patch16_384", dict(_PSS_DEIT_SMALL, img_size=384), kwargs)
+
+
+@register_model
+def vitpss_tiny_beit_mnist(**kwargs) -> Beit:
+    """A SimMIM-style ViT for 28 px one-channel digits (patch 7: 16 patches, as vitpss_tiny_mnist)."""
+    defaults = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4,
+                    use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1, global_pool="avg")
+    return _create_pss_beit("vitpss_tiny_beit_mnist", defaults, kwargs)
+
+
+# --------------------------------------------------------------------------- vitpss_tiny_mnist and config -> model
+
+
+@register_model
+def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The default model: ViT for 28x28 grayscale digits (patch 7: 16 patches, width 64, depth 4, 4 heads,
+    MLP ratio 2, average pooling over tokens; 0.14 M parameters)."""
+    if pretrained:
+        raise UsageError(f"{DEFAULT_MODEL} has no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
+                mlp_ratio=2.0, global_pool="avg")
+    return VisionTransformer(**{**args, **kwargs})
+
+
+MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
+
+
+def check_model_name(name: str) -> None:
+    """UsageError naming the nearest timm ViT/DeiT names unless ``name`` is a timm model."""
+    if timm.is_model(name):
+        return
+    names = sorted(set(timm.list_models("*vit*") + timm.list_models("*deit*") + [DEFAULT_MODEL]))
+    raise UsageError(f"unknown model {name!r}{nearest(name, names)}: use a timm ViT/DeiT name such as "
+                     f"{DEFAULT_MODEL}, deit_tiny_patch16_224, vit_small_patch16_224 (all {len(names)}: "
+                     f"python -c \"import timm; print(timm.list_models('*vit*'))\")")
+
+
+def resolve_model_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every model field filled in from the model (built on the meta device: no memory).
+
+    Raises UsageError for unknown or unsupported models, impossible overrides, and an image size
+    that the patch size does not divide.
+    """
+    with torch.device("meta"):
+        model = build_model(cfg)
+    embed = model.patch_embed
+    resolved = dataclasses.replace(
+        cfg, img_size=int(embed.img_size[0]), patch_size=int(embed.patch_size[0]), embed_dim=int(model.embed_dim),
+        depth=len(model.blocks), num_heads=int(model.blocks[0].attn.num_heads),
+        in_chans=int(embed.proj.in_channels), global_pool=str(model.global_pool))
+    if resolved.img_size % resolved.patch_size:
+        raise UsageError(f"image size {resolved.img_size} is not divisible by patch size {resolved.patch_size}: "
+                         f"set --img-size to a multiple of {resolved.patch_size} (or change --patch-size)")
+    return resolved
+
+
+def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -> nn.Module:
+    """``timm.create_model(cfg.model, ...)`` with the config's overrides, then ``vitpss.attach(cfg.sampler)``.
+
+    Overrides: img_size, patch_size, embed_dim, depth, num_heads, in_chans, global_pool (None =
+    the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10).
+    ``generator`` seeds the ``random`` sampler. Bad names/settings raise UsageError.
+    """
+    check_model_name(cfg.model)
+    kwargs = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
+    try:
+        model = timm.create_model(cfg.model, num_classes=cfg.num_classes or 10, drop_path_rate=cfg.drop_path, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as err:
+        shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        raise UsageError(f"cannot build {cfg.model} with {shown or 'its defaults'}: {err or type(err).__name__}") from None
+    try:
+        return attach(model, cfg.sampler, generator)
+    except TypeError:
+        raise UsageError(f"model {cfg.model} ({type(model).__name__}) is not supported: vitpss supports "
+                         f"{'; '.join(supported_families())}") from None
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                          ema: bool = False) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild the model of a ``vitpss train`` checkpoint (file or run directory) and load its weights.
+
+    The checkpoint carries its config, so no model flags are needed. ``ema=True`` loads the EMA
+    weights. Returns ``(model in eval mode on device, config)``.
+    """
+    path = checkpoint_path(path)
+    ckpt = load_checkpoint(path)
+    cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
+    model = build_model(cfg)
+    state = ckpt["ema"] if ema else ckpt["model"]
+    if state is None:
+        raise UsageError(f"{path} has no EMA weights (the run used --ema-decay 0): drop --ema")
+    load_model_state(model, state, str(path))
+    return model.to(device).eval(), cfg
+
+
+
+# --------------------------------------------------------------------------- SimMIM pre-training models
+
+
+def build_simmim(cfg: TrainConfig, mask: MaskConfig, generator: Optional[torch.Generator] = None) -> SimMIM:
+    """The model of ``vitpss train`` for ``cfg`` (no head, final norm) inside SimMIM."""
+    encoder = build_model(cfg)
+    encoder.reset_classifier(0)
+    try:
+        return SimMIM(encoder, mask.mask_ratio, mask.mask_patch_size, generator)
+    except ValueError as err:
+        raise UsageError(f"--mask-patch-size: {err}") from None
+
+
+def model_from_pretrain_checkpoint(path: str | Path,
+                                   device: str | torch.device = "cpu") -> tuple[SimMIM, TrainConfig, dict]:
+    """Rebuild the SimMIM model of a ``vitpss pretrain`` checkpoint (file or run directory)."""
+    path = checkpoint_path(path)
+    ckpt = load_checkpoint(path, checkpoint_format=PRETRAIN_FORMAT)
+    cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
+    model = build_simmim(cfg, MaskConfig(**ckpt["mask"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg, ckpt["mask"]

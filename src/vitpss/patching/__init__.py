@@ -1,0 +1,19 @@
+"""Patch sampling inside timm models: :func:`attach` a sampler, then set its keep rate."""
+
+from .core import (
+    PatchSampler,
+    attach,
+    check_keep_rate,
+    get_keep_indices,
+    keep_rate,
+    patch_samplers,
+    register_family,
+    set_keep_rate,
+    set_sampler,
+    supported_families,
+    token_count,
+)
+from . import vit, relpos  # noqa: F401,E402  (register the ViT, then the BEiT and EVA families)
+
+__all__ = ["PatchSampler", "attach", "check_keep_rate", "get_keep_indices", "keep_rate", "patch_samplers", "register_family",
+           "set_keep_rate", "set_sampler", "supported_families", "token_count"]

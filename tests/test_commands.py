@@ -1,0 +1,64 @@
+"""The command line reads the same across commands; `vitpss step-time` works as its --help says."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from vitpss.cli import build_parser, main
+from vitpss.config import AMP_CHOICES
+
+
+def subcommand(*names: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sweep", "pretrain"])
+def test_amp_takes_the_same_values_everywhere(command):
+    amp = option(subcommand(command), "--amp")
+    assert tuple(amp.choices or AMP_CHOICES) == AMP_CHOICES and amp.const == "auto"
+    if command in ("eval", "sweep"):
+        assert amp.default == "off"
+
+
+@pytest.mark.parametrize("command", [("sweep",), ("step-time",), ("plot", "patches"), ("plot", "patch-frequency")])
+def test_lists_of_keep_rates_are_spelled_keep_rates(command):
+    action = option(subcommand(*command), "--keep-rates")
+    assert action.dest == "keep_rates"
+    assert action.type("1,0.5") == [1.0, 0.5]
+
+
+def test_step_time_help_says_what_it_measures(capsys):
+    with pytest.raises(SystemExit):
+        main(["step-time", "--help"])
+    text = capsys.readouterr().out
+    assert "forward, backward, AdamW" in text and "--keep-rates" in text and "example:" in text
+
+
+def test_step_time_prints_one_row_per_keep_rate(capsys):
+    argv = ["step-time", "--model", "vitpss_tiny_mnist", "--batch-size", "2", "--repeats", "1",
+            "--keep-rates", "1,0.5", "--threads", "1"]
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("1.00", "17"), ("0.50", "9")]  # 16 patches + class token
+    assert float(rows[0][3]) == 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["step-time", "--keep-rates", "1,1.5"], "each must be in (0, 1]"),
+    (["step-time", "--model", "no_such_vit"], "unknown model 'no_such_vit'"),
+    (["step-time", "--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_step_time_bad_input_is_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
