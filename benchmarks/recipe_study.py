@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> None:
         subprocess.run(cmd, check=True)
 
 
+def ratio_of_means(values: list[float | None], base: list[float | None]) -> float | None:
+    if None in values or None in base:
+        return None
+    return statistics.fmean(values) / statistics.fmean(base)
+
+
 def time_to_reach(curve: list[float], times: list[float], target: float) -> float | None:
     """Training time at the first evaluation with acc1 >= target (None if never)."""
     return next((t for a, t in zip(curve, times) if a >= target), None)
@@ -70,12 +76,19 @@ def data_wait_share(run_dir: str) -> float | None:
     return wait / (wait + sum(r["step_time"] for r in records))
 
 
+def train_cpu_time(run_dir: str) -> float | None:
+    """Process CPU time of the training steps and data waits (train_log.jsonl's cpu_time), if logged."""
+    records = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines() if line]
+    return sum(r["cpu_time"] for r in records) if all("cpu_time" in r for r in records) else None
+
+
 def setting_rows(data: dict) -> list[dict]:
     runs = data["runs"]
     base = runs["baseline"]
     base_acc = statistics.fmean(r["acc1"] for r in base)
     base_time = statistics.fmean(r["train_time_s"] for r in base)
     base_cpu = statistics.fmean(r["cpu_time_s"] for r in base)
+    base_train_cpu = [train_cpu_time(r["run"]) for r in base]
     rows = []
     for recipe, rs in runs.items():
         accs = [r["acc1"] for r in rs]
@@ -86,6 +99,7 @@ def setting_rows(data: dict) -> list[dict]:
             "gap": statistics.fmean(accs) - base_acc,
             "time_ratio": statistics.fmean(r["train_time_s"] for r in rs) / base_time,
             "cpu_ratio": statistics.fmean(r["cpu_time_s"] for r in rs) / base_cpu,
+            "train_cpu_ratio": ratio_of_means([train_cpu_time(r["run"]) for r in rs], base_train_cpu),
             "reach_ratio": (statistics.fmean(reach) / base_time) if all(x is not None for x in reach) else None,
             "gain5": statistics.fmean(r["gain_last_fifth_smoothed"] for r in rs),
             "at0.5": statistics.fmean(r["sweep"]["0.5"] for r in rs),
