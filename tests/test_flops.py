@@ -50,3 +50,15 @@ def test_compute_fraction_of_all_patches_is_one_and_of_a_schedule_is_below_its_m
     expected = sum(flop_model.flops(r) for r in schedule.rates()) / (schedule.total_steps * flop_model.flops(1.0))
     assert fraction == pytest.approx(expected)
     assert 0.4 < fraction < 0.75
+
+
+def test_time_vs_all_patches_weights_each_rate_median_by_its_steps():
+    from vitpss.timing import time_vs_all_patches
+
+    records = [{"keep_rate": 1.0, "step_time": 0.10}] * 10 + [{"keep_rate": 0.2, "step_time": 0.02}] * 30
+    records += [{"keep_rate": 1.0, "step_time": 5.0}]  # one step slowed by other load: medians ignore it
+    result = time_vs_all_patches(records)
+    assert result["full_steps"] == 11 and result["full_step_time_s"] == 0.10
+    assert abs(result["time_vs_all_patches"] - (11 * 0.10 + 30 * 0.02) / (41 * 0.10)) < 1e-9
+    assert time_vs_all_patches(records[:3] + records[10:]) == {}  # too few steps at keep rate 1
+    assert time_vs_all_patches(records[:10]) == {}  # all patches throughout: nothing to compare

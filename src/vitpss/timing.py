@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -92,3 +92,24 @@ def time_sampler(
         if i >= 5:
             samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def time_vs_all_patches(records: Sequence[Mapping[str, Any]], min_steps: int = 5) -> dict[str, float]:
+    """How a run's training time compares with the same steps at all patches, from its own step log.
+
+    ``records`` are ``train_log.jsonl`` rows (``keep_rate``, ``step_time``). Each keep rate's
+    median step time, weighted by its number of steps, over the median step time at keep rate 1
+    times all steps: medians, so that a few steps slowed by other load on the machine do not count.
+    Returns ``{"time_vs_all_patches", "full_step_time_s", "full_steps"}``, or ``{}`` when fewer than
+    ``min_steps`` steps ran at keep rate 1 (nothing to compare with) or all of them did.
+    """
+    by_rate: dict[float, list[float]] = {}
+    for r in records:
+        by_rate.setdefault(float(r["keep_rate"]), []).append(float(r["step_time"]))
+    full = by_rate.get(1.0, [])
+    if len(full) < min_steps or len(full) == len(records):
+        return {}
+    full_median = statistics.median(full)
+    pss = sum(len(times) * statistics.median(times) for times in by_rate.values())
+    return {"time_vs_all_patches": pss / (len(records) * full_median), "full_step_time_s": full_median,
+            "full_steps": len(full)}

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (
     CHECKPOINT_FORMAT, JsonlWriter, RESUME_CANDIDATES, atomic_copy, atomic_save, atomic_write_json, atomic_write_text,
-    find_resume_checkpoint, load_model_state, remove_stale_temporaries, rng_state, set_rng_state, truncate_jsonl,
+    find_resume_checkpoint, load_model_state, read_jsonl, remove_stale_temporaries, rng_state, set_rng_state,
+    truncate_jsonl,
 )
 from .config import (
     RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, load_config, schedule_from_config, validate,
@@ -38,6 +39,7 @@ from .data import build_datasets, build_loader
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .errors import UsageError
 from .flops import FlopModel
+from .timing import time_vs_all_patches
 from .models import build_model, resolve_model_config
 from .optim import create_adamw
 from .runtime import (
@@ -340,9 +342,14 @@ class Trainer:
         }
         if "ema_acc1" in last:
             summary["ema_acc1"] = last["ema_acc1"]
+        summary.update(time_vs_all_patches(read_jsonl(self.out / "train_log.jsonl")))
         atomic_write_json(self.out / "summary.json", summary)
         print(f"acc1 {summary['acc1']:.2f}  best acc1 {st.best_acc1:.2f} (epoch {st.best_epoch + 1})  "
               f"training time {st.train_time_s:.1f} s  compute fraction {fraction:.3f}", flush=True)
+        if "time_vs_all_patches" in summary:
+            print(f"time vs all patches: {summary['time_vs_all_patches']:.2f}x (measured in this run: median step "
+                  f"{1000 * summary['full_step_time_s']:.1f} ms at keep rate 1 over {summary['full_steps']} steps, "
+                  f"weighted against each keep rate's median step)", flush=True)
         print(f"run directory: {self.out}", flush=True)
         return summary
 
