@@ -16,12 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The default job: a small ViT on the embedded MNIST digits with the paper's cyclic schedule.
+# The default job: a small ViT on the embedded MNIST digits with the default PSS recipe, then the
+# dynamic-inference knob of its checkpoint (accuracy and images/s at fewer patches; sweep.png).
 # One thread: the model is small, and on shared cores extra threads spin and slow every step.
 demo: venv
 	$(PY) -m vitpss train --output runs/demo --overwrite --threads 1
-	@echo "results in runs/demo: summary.json, val_log.jsonl, train_log.jsonl, config.yaml, best.pt, checkpoint.pt"
-	@echo "evaluate at half the patches: $(PY) -m vitpss eval --checkpoint runs/demo/best.pt --keep-rate 0.5"
+	$(PY) -m vitpss sweep --checkpoint runs/demo/best.pt --keep-rates 1.0,0.75,0.5,0.25 --threads 1 --batch-size 256
+	@echo "results in runs/demo: summary.json (acc1, time_vs_all_patches), sweep.json + sweep.png (accuracy and images/s per keep rate), train_log.jsonl, val_log.jsonl, best.pt"
 
 test: venv
 	$(PY) -m pytest tests

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> None:
         cmd = [sys.executable, str(HERE / "accuracy.py"), "--setting", name, "--recipes", args.recipes,
                "--seeds", args.seeds, "--epochs", str(epochs), "--cooldown-epochs", str(cooldown),
                "--sweep-rates", "1.0,0.5,0.25", "--jobs", str(args.jobs), "--reuse",
-               "--runs", str(Path(args.runs) / name), "--json", str(RESULTS / f"study_{name}.json"),
+               "--runs", str(Path(args.runs) / name),
+               "--json", str(RESULTS / f"study_{name}_s{args.seeds.replace(',', '')}_{len(args.recipes.split(','))}r.json"),
                "--", "--threads", "1", *flags]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
@@ -121,16 +122,27 @@ def choose(tables: dict[str, list[dict]], max_time_ratio: float) -> tuple[str | 
     return best, worst
 
 
+def merged_results() -> dict[str, dict]:
+    """Every setting's runs from all study_<setting>*.json files (one per `run` call), each run once."""
+    merged: dict[str, dict] = {}
+    for path in sorted(RESULTS.glob("study_*.json")):
+        if path.name == "study_report.json":
+            continue
+        data = json.loads(path.read_text())
+        entry = merged.setdefault(data["meta"]["setting"], {"meta": data["meta"], "runs": {}})
+        for recipe, runs in data["runs"].items():
+            known = entry["runs"].setdefault(recipe, [])
+            known += [r for r in runs if r["run"] not in {k["run"] for k in known}]
+    return {name: data for name, data in merged.items() if "baseline" in data["runs"]}
+
+
 def report(args: argparse.Namespace) -> None:
     tables, curves = {}, {}
-    for path in sorted(RESULTS.glob("study_*.json")):
-        data = json.loads(path.read_text())
-        name = data["meta"]["setting"]
-        if "baseline" not in data["runs"]:
-            continue
+    for name, data in merged_results().items():
         tables[name] = setting_rows(data)
         curves[name] = data["runs"]
-        print(f"\n{name} ({data['meta']['epochs']} epochs, seeds {data['meta']['seeds']}, {data['meta']['machine']})")
+        seeds = sorted({len(runs) for runs in data["runs"].values()})
+        print(f"\n{name} ({data['meta']['epochs']} epochs, {'/'.join(map(str, seeds))} seeds, {data['meta']['machine']})")
         print(f"{'recipe':<20}{'acc1':>14}{'gap':>7}{'time':>6}{'cpu':>6}{'reach':>7}{'gain5':>7}{'@0.5':>7}{'@0.25':>7}"
               f"{'wait':>6}")
         for r in sorted(tables[name], key=lambda r: -r["gap"]):
