@@ -11,6 +11,7 @@ from .patching import (
     token_count,
 )
 from . import beit_models, patching_relpos  # noqa: F401  (timm BEiT-style models; BEiT/EVA families for attach)
+from . import patching_open_clip, patching_transformers  # noqa: F401  (families for attach; import no extras)
 from .samplers import SAMPLERS, keep_count
 from .schedules import SCHEDULES, KeepRateSchedule, PaperSchedule, build_schedule, paper_schedule
 
