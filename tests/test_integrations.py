@@ -3,6 +3,7 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -146,3 +147,10 @@ def test_hf_trainer_callback_sets_the_rate_each_step_and_logs_it(tmp_path, monke
     assert all(rate == schedule(step) for step, rate in seen) and len({r for _, r in seen}) > 1
     logged = [entry["keep_rate"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == [schedule(step) for step in range(6)]
+
+
+def test_docs_list_every_supported_family_by_its_registered_name():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    families = vitpss.supported_families()
+    assert any("Hugging Face" in f for f in families) and any("open_clip" in f for f in families)
+    assert [f for f in families if f not in page] == []
