@@ -1,6 +1,6 @@
 """Fine-tune a tiny Hugging Face ViT on the bundled MNIST digits with the HF Trainer and a PSS schedule.
 
-    python examples/hf_trainer_mnist.py --epochs 5         # needs: pip install 'vitpss[hf,mnist]'
+    python examples/hf_trainer_mnist.py --epochs 10        # needs: pip install 'vitpss[hf,mnist]'
 """
 
 import argparse
@@ -30,11 +30,11 @@ class Digits(torch.utils.data.Dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop early (for a quick check)")
     parser.add_argument("--schedule", default="cyclic", choices=vitpss.SCHEDULES)
     parser.add_argument("--low", type=float, default=0.2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -51,8 +51,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         training = TrainingArguments(output_dir=output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
                                      per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-                                     weight_decay=0.05, logging_steps=50, save_strategy="no", report_to=[],
-                                     use_cpu=True, disable_tqdm=True, seed=0)
+                                     weight_decay=0.05, lr_scheduler_type="cosine",
+                                     warmup_steps=round(0.05 * args.epochs * len(train) / args.batch_size),
+                                     logging_steps=100, save_strategy="no", report_to=[], use_cpu=True,
+                                     disable_tqdm=True, seed=0)
         trainer = Trainer(model=model, args=training, train_dataset=train,
                           callbacks=[PatchSamplingCallback(args.schedule, low=args.low)])
         start = time.perf_counter()

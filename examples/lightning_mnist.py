@@ -1,6 +1,6 @@
 """Fine-tune a tiny timm ViT on the bundled MNIST digits with Lightning and a PSS keep-rate schedule.
 
-    python examples/lightning_mnist.py --epochs 5          # needs: pip install 'vitpss[lightning,mnist]'
+    python examples/lightning_mnist.py --epochs 10         # needs: pip install 'vitpss[lightning,mnist]'
 """
 
 import argparse
@@ -27,16 +27,17 @@ class DigitClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = torch.nn.functional.cross_entropy(self.model(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
+        return torch.nn.functional.cross_entropy(self.model(x), y)
 
     def test_step(self, batch, batch_idx):  # eval mode: all patches
         x, y = batch
         self.log("accuracy", (self.model(x).argmax(1) == y).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.05)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.05)
+        cosine = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.lr, self.trainer.estimated_stepping_batches,
+                                                     pct_start=0.05)  # warm-up, then cosine decay
+        return [optimizer], [{"scheduler": cosine, "interval": "step"}]
 
 
 def digits(batch_size: int) -> tuple[DataLoader, DataLoader]:
@@ -50,11 +51,11 @@ def digits(batch_size: int) -> tuple[DataLoader, DataLoader]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop early (for a quick check)")
     parser.add_argument("--schedule", default="cyclic", choices=vitpss.SCHEDULES)
     parser.add_argument("--low", type=float, default=0.2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
