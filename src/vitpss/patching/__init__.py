@@ -13,7 +13,8 @@ from .core import (
     supported_families,
     token_count,
 )
-from . import vit, relpos  # noqa: F401,E402  (register the ViT, then the BEiT and EVA families)
+# register the families, timm's first; the transformers and open_clip ones import neither package
+from . import vit, relpos, transformers, open_clip  # noqa: F401,E402
 
 __all__ = ["PatchSampler", "attach", "check_keep_rate", "get_keep_indices", "keep_rate", "patch_samplers", "register_family",
            "set_keep_rate", "set_sampler", "supported_families", "token_count"]

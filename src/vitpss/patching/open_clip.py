@@ -1,0 +1,71 @@
+"""Patch sampling for ``open_clip`` image towers and whole CLIP models.
+
+open_clip's ``VisionTransformer`` calls ``self.patch_dropout(x)`` right after the class token
+and positional embedding and before ``ln_pre``: FLIP-style patch dropout at a fixed rate.
+:func:`attach` puts a :class:`~vitpss.patching.PatchSampler` (one prefix token) into that slot,
+so the rate can change every step and can apply at inference. Towers built on timm
+(``TimmModel``, ``visual.trunk``) get the timm family's sampler in their trunk. A whole
+``CLIP``/``CustomTextCLIP``/``CoCa`` model is handled through its ``visual`` tower; the text
+tower is left alone. No parameters or buffers are added and at a keep rate of 1 the stock code
+runs, so ``state_dict`` keys and outputs are those of the unmodified model.
+
+``forward_intermediates(output_fmt="NCHW")`` folds the tokens back into the patch grid and
+raises :class:`ValueError` at a keep rate below 1 (``output_fmt="NLC"`` works at any rate).
+
+This module never imports ``open_clip`` unless the user already has.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .core import PatchSampler, attach, patch_samplers, register_family
+
+FAMILY = ("open_clip VisionTransformer and timm towers (visual.trunk), or a whole CLIP / "
+          "CustomTextCLIP / CoCa model (its visual tower)")
+
+
+def vision_tower(model: nn.Module) -> Optional[nn.Module]:
+    """``model`` itself if it is an open_clip image tower, else its ``visual`` tower, else ``None``."""
+    if "open_clip" not in sys.modules:
+        return None
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    for candidate in (model, getattr(model, "visual", None)):
+        if isinstance(candidate, (VisionTransformer, TimmModel)):
+            return candidate
+    return None
+
+
+def _forward_intermediates_checked(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The class's ``forward_intermediates``, refusing a grid (NCHW) output when patches are dropped."""
+    stock = type(self).forward_intermediates
+    call = inspect.signature(stock).bind(self, *args, **kwargs)
+    call.apply_defaults()
+    rate = min((s.active_keep_rate for s in patch_samplers(self)), default=1.0)
+    if call.arguments.get("output_fmt") == "NCHW" and rate < 1.0:
+        raise ValueError(
+            f"forward_intermediates(output_fmt='NCHW') reshapes the tokens into the patch grid, so it "
+            f"needs all patches but runs at keep rate {rate}: pass output_fmt='NLC' or use "
+            f"vitpss.keep_rate(model, 1.0)")
+    return stock(self, *args, **kwargs)
+
+
+def _install(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
+    tower = vision_tower(model)
+    if hasattr(tower, "trunk"):  # TimmModel: a timm model inside an adapter
+        tower = attach(tower.trunk, sampler, generator)
+    else:
+        tower.patch_dropout = PatchSampler(sampler, 1, generator)  # takes over open_clip's PatchDropout
+    if hasattr(tower, "forward_intermediates"):
+        tower.forward_intermediates = types.MethodType(_forward_intermediates_checked, tower)
+
+
+register_family(FAMILY, lambda model: vision_tower(model) is not None, _install)

@@ -1,0 +1,124 @@
+"""PSS in Hugging Face transformers vision models: tiny random configs, no downloads."""
+
+import pytest
+import torch
+
+import vitpss
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64)
+NUM_PATCHES = (32 // 4) ** 2
+LAYERS = {"ViTLayer", "DeiTLayer", "Dinov2Layer", "Dinov2WithRegistersLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"}
+
+# name -> (model class, config class, extra config, prefix tokens)
+MODELS = {
+    "vit": ("ViTForImageClassification", "ViTConfig", dict(num_labels=5), 1),
+    "deit": ("DeiTForImageClassification", "DeiTConfig", dict(num_labels=5), 2),
+    "dinov2": ("Dinov2ForImageClassification", "Dinov2Config", dict(num_labels=5), 1),
+    "dinov2_registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig", dict(num_register_tokens=3), 4),
+    "clip_vision": ("CLIPVisionModel", "CLIPVisionConfig", {}, 1),
+    "siglip_vision": ("SiglipVisionModel", "SiglipVisionConfig", {}, 0),
+}
+
+
+def build(name: str, **overrides):
+    model_cls, config_cls, extra, _ = MODELS[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(**TINY, **extra, **overrides)
+    return getattr(transformers, model_cls)(config)
+
+
+def outputs(model, x) -> list[torch.Tensor]:
+    out = model(pixel_values=x)
+    return [v for v in out.values() if torch.is_tensor(v)]
+
+
+def first_block_input(model, x) -> torch.Tensor:
+    seen = []
+    block = next(m for m in model.modules() if type(m).__name__ in LAYERS)
+    handle = block.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]),
+                                             with_kwargs=True)
+    outputs(model, x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_output_at_rate_one_is_bit_identical_and_state_dict_unchanged(name):
+    plain, patched = build(name), vitpss.attach(build(name))
+    assert list(plain.state_dict()) == list(patched.state_dict())
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in patched.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    for mode in (True, False):
+        plain.train(mode), patched.train(mode)
+        for a, b in zip(outputs(plain, x), outputs(patched, x), strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_at_half_rate_drops_patches_keeps_prefix_and_steps_the_optimizer(name):
+    prefix = MODELS[name][3]
+    model = vitpss.attach(build(name)).train()
+    x = torch.randn(3, 3, 32, 32)
+    vitpss.set_keep_rate(model, 0.5)
+    tokens = first_block_input(model, x)
+    assert tokens.shape[1] == prefix + vitpss.keep_count(0.5, NUM_PATCHES)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    patch_weights = [p for n, p in model.named_parameters() if "patch_embed" in n and n.endswith("weight")]
+    before = patch_weights[0].detach().clone()
+    sum(o.float().pow(2).sum() for o in outputs(model, x)).backward()
+    assert patch_weights[0].grad is not None and patch_weights[0].grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(before, patch_weights[0])
+
+    model.eval()  # prefix tokens reach the blocks unchanged whatever the rate
+    full = first_block_input(model, x)
+    with vitpss.keep_rate(model, 0.5):
+        assert torch.equal(first_block_input(model, x)[:, :prefix], full[:, :prefix])
+
+
+@pytest.mark.parametrize("name", ["vit", "siglip_vision"])
+def test_eval_uses_all_patches_unless_an_inference_rate_is_set(name):
+    prefix = MODELS[name][3]
+    model = vitpss.attach(build(name))
+    vitpss.set_keep_rate(model, 0.2)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert first_block_input(model, x).shape[1] == prefix + NUM_PATCHES
+    vitpss.set_keep_rate(model, 0.6, inference=True)
+    assert first_block_input(model, x).shape[1] == prefix + vitpss.keep_count(0.6, NUM_PATCHES)
+
+
+def test_clip_model_gets_a_sampler_in_its_vision_tower_only():
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=TINY, projection_dim=16)
+    model = vitpss.attach(transformers.CLIPModel(config))
+    names = [n for n, m in model.named_modules() if isinstance(m, vitpss.PatchSampler)]
+    assert names == ["vision_model.embeddings.patch_sampler"]
+    vitpss.set_keep_rate(model, 0.5)
+    assert first_block_input(model.vision_model, torch.randn(2, 3, 32, 32)).shape[1] == 1 + NUM_PATCHES // 2
+
+
+@pytest.mark.parametrize("build_grid_model", [
+    lambda: transformers.ViTForMaskedImageModeling(transformers.ViTConfig(**TINY, encoder_stride=4)),
+    lambda: transformers.Dinov2Backbone(transformers.Dinov2Config(**TINY, out_indices=[2])),
+], ids=["vit_masked_image_modeling", "dinov2_backbone"])
+def test_models_that_reshape_tokens_to_the_grid_refuse_a_keep_rate_below_one(build_grid_model):
+    model = vitpss.attach(build_grid_model()).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(pixel_values=x)  # rate 1 works
+    vitpss.set_keep_rate(model, 0.5)
+    with pytest.raises(ValueError, match="patch grid.*keep rate 0.5"):
+        model(pixel_values=x)
+
+
+def test_dinov2_backbone_without_grid_reshape_runs_at_any_rate():
+    model = vitpss.attach(transformers.Dinov2Backbone(
+        transformers.Dinov2Config(**TINY, out_indices=[2], reshape_hidden_states=False)))
+    vitpss.set_keep_rate(model.train(), 0.5)
+    assert model(pixel_values=torch.randn(2, 3, 32, 32)).feature_maps[0].shape[1] == 1 + NUM_PATCHES // 2
