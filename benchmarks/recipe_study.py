@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def ratio_of_means(values: list[float | None], base: list[float | None]) -> float | None:
-    if None in values or None in base:
-        return None
-    return statistics.fmean(values) / statistics.fmean(base)
+    """Mean of the logged values over mean of the baseline's (runs made before the value was logged skipped)."""
+    values, base = [v for v in values if v is not None], [b for b in base if b is not None]
+    return statistics.fmean(values) / statistics.fmean(base) if values and base else None
 
 
 def time_to_reach(curve: list[float], times: list[float], target: float) -> float | None:
@@ -110,14 +110,22 @@ def setting_rows(data: dict) -> list[dict]:
     return rows
 
 
-def choose(tables: dict[str, list[dict]], max_time_ratio: float) -> tuple[str | None, dict[str, float]]:
-    """The rule: smallest worst-case gap over settings among recipes within the time bound everywhere."""
+def time_ratio(row: dict) -> float:
+    """The time measure of the rule: CPU time of the training steps (robust to other load on the
+    machine) where it was logged, else the CPU time of the whole loop (evaluations included)."""
+    return row["train_cpu_ratio"] if row["train_cpu_ratio"] is not None else row["cpu_ratio"]
+
+
+def choose(tables: dict[str, list[dict]], max_time_ratio: float,
+           time_settings: list[str]) -> tuple[str | None, dict[str, float]]:
+    """The rule: smallest worst-case gap over all settings, among recipes within the time bound in
+    every setting of ``time_settings`` (those whose model is dominated by the transformer)."""
     recipes = set.intersection(*(set(r["recipe"] for r in rows) for rows in tables.values())) - {"baseline"}
     worst: dict[str, float] = {}
     for recipe in recipes:
-        rows = [next(r for r in t if r["recipe"] == recipe) for t in tables.values()]
-        if all(r["time_ratio"] <= max_time_ratio for r in rows):
-            worst[recipe] = min(r["gap"] for r in rows)
+        rows = {name: next(r for r in t if r["recipe"] == recipe) for name, t in tables.items()}
+        if all(time_ratio(rows[name]) <= max_time_ratio for name in time_settings if name in rows):
+            worst[recipe] = min(r["gap"] for r in rows.values())
     best = max(worst, key=lambda k: worst[k]) if worst else None
     return best, worst
 
@@ -143,15 +151,17 @@ def report(args: argparse.Namespace) -> None:
         curves[name] = data["runs"]
         seeds = sorted({len(runs) for runs in data["runs"].values()})
         print(f"\n{name} ({data['meta']['epochs']} epochs, {'/'.join(map(str, seeds))} seeds, {data['meta']['machine']})")
-        print(f"{'recipe':<20}{'acc1':>14}{'gap':>7}{'time':>6}{'cpu':>6}{'reach':>7}{'gain5':>7}{'@0.5':>7}{'@0.25':>7}"
+        print(f"{'recipe':<20}{'acc1':>14}{'gap':>7}{'time':>6}{'cpu':>6}{'tcpu':>6}{'reach':>7}{'gain5':>7}{'@0.5':>7}{'@0.25':>7}"
               f"{'wait':>6}")
         for r in sorted(tables[name], key=lambda r: -r["gap"]):
             reach = f"{r['reach_ratio']:.2f}" if r["reach_ratio"] is not None else "never"
             print(f"{r['recipe']:<20}{r['acc1']:>8.2f} ±{r['acc1_std']:>4.2f}{r['gap']:>+7.2f}{r['time_ratio']:>6.2f}"
-                  f"{r['cpu_ratio']:>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}"
+                  f"{r['cpu_ratio']:>6.2f}{(r['train_cpu_ratio'] or float('nan')):>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}"
                   f"{100 * (r['data_wait_share'] or 0):>5.1f}%")
-    best, worst = choose(tables, args.max_time_ratio)
-    print(f"\nrule: recipes at <= {args.max_time_ratio}x the baseline's time in every setting, ranked by worst gap:")
+    time_settings = args.time_settings.split(",")
+    best, worst = choose(tables, args.max_time_ratio, time_settings)
+    print(f"\nrule: recipes at <= {args.max_time_ratio}x the baseline's training CPU time in {', '.join(time_settings)}, "
+          f"ranked by their worst gap over all settings:")
     for recipe, gap in sorted(worst.items(), key=lambda kv: -kv[1]):
         print(f"  {recipe:<20} worst gap {gap:+.2f} pt")
     print(f"chosen: {best}")
@@ -200,6 +210,8 @@ def main() -> None:
     p.add_argument("--runs", default=str(HERE / ".cache" / "study"))
     p = sub.add_parser("report")
     p.add_argument("--max-time-ratio", type=float, default=0.7)
+    p.add_argument("--time-settings", default="cifar10-short,cifar10-long",
+                   help="settings whose time ratio the rule bounds (the mnist5k model's steps are mostly fixed costs)")
     p.add_argument("--figure", default="docs/study-time-to-accuracy.png")
     args = parser.parse_args()
     run(args) if args.command == "run" else report(args)

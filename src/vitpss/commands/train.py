@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``eval`` subcommands."""
     p = subparsers.add_parser("train", help="train a ViT with a patch sampling schedule",
                               description="Train a timm ViT with a patch sampling schedule. With no arguments: "
-                              f"{DEFAULT_MODEL} on the embedded MNIST subset, cyclic schedule. Under torchrun: data-parallel.")
+                              f"{DEFAULT_MODEL} on the embedded MNIST subset, keep rate rising from 0.2 to 1 (cosine) with random patches. Under torchrun: data-parallel.")
     add_config_arguments(p)
     p.set_defaults(func=run_train)
     e = subparsers.add_parser("eval", help="accuracy of a checkpoint (optionally at a keep rate)")
