@@ -36,11 +36,14 @@ def test_config_loads_and_its_model_builds(path, capsys):
     assert capsys.readouterr().err == ""  # no ignored settings in a recipe
 
 
-@pytest.mark.parametrize("name, schedule, extra", [("patch4_pss", "cosine", set()),
-                                                    ("patch4_pss_cyclic", "cyclic", {"cooldown_epochs"})])
-def test_the_patch4_recipes_differ_from_their_baseline_only_in_the_schedule(name, schedule, extra):
-    base = load_config(CONFIG_DIR / "mnist5k/patch4_baseline.yaml")
-    pss = load_config(CONFIG_DIR / f"mnist5k/{name}.yaml")
+@pytest.mark.parametrize("baseline, name, schedule, extra", [
+    ("mnist5k/patch4_baseline", "mnist5k/patch4_pss", "cosine", {"sampler"}),
+    ("mnist5k/patch4_baseline", "mnist5k/patch4_pss_cyclic", "cyclic", {"cooldown_epochs", "sampler"}),
+    ("cifar10/baseline", "cifar10/pss", "cosine", set()),
+])
+def test_pss_recipes_differ_from_their_baseline_only_in_the_schedule(baseline, name, schedule, extra):
+    base = load_config(CONFIG_DIR / f"{baseline}.yaml")
+    pss = load_config(CONFIG_DIR / f"{name}.yaml")
     differ = {name for name in vars(base) if getattr(base, name) != getattr(pss, name)}
     assert differ == {"schedule", "output"} | extra
     assert base.schedule == "none" and pss.schedule == schedule
