@@ -1,0 +1,171 @@
+"""Peak memory and time of one BEiT training step vs the plain ViT of the same size, per keep rate.
+
+    python benchmarks/beit_memory.py                      # ViT-B vs BEiT-B, batch 32, CPU, 1 thread
+    python benchmarks/beit_memory.py --device cuda --amp  # on a GPU (bf16 autocast)
+    python benchmarks/beit_memory.py --bias materialize   # BEiT as before: a (B, H, n, n) bias per block
+
+Each (model, keep rate) is measured in fresh subprocesses: build, one untimed step (allocates the
+optimizer state), then the measured steps. Memory of a step (its activations, gradients and
+temporaries): on CPU the growth of the peak RSS (VmHWM, reset through /proc/self/clear_refs before
+the step; glibc's mmap threshold is pinned so that freed tensors go back to the system), on CUDA
+``max_memory_allocated`` over the memory before the step. Time, in a second process with the
+default allocator: median wall and process-CPU seconds of ``--steps`` steps. Prints a table, writes JSON (default
+benchmarks/results/beit_memory.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RATES = (1.0, 0.8, 0.5, 0.2)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One (model, rate): peak memory growth and times of one training step (child process)."""
+    import timm
+    import torch
+
+    import vitpss
+    from vitpss import patching_relpos
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    dims = {k: v for k, v in (("embed_dim", args.embed_dim), ("depth", args.depth), ("num_heads", args.num_heads))
+            if v is not None}
+    model = timm.create_model(args.model, num_classes=10, **dims)
+    model = vitpss.attach(model, sampler="random").to(device).train()
+    if args.bias == "materialize":
+        use_materialized_bias(model, patching_relpos)
+    vitpss.set_keep_rate(model, args.rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    x = torch.randn(args.batch_size, 3, *model.patch_embed.img_size, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    cuda = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    step()
+    if args.child == "time":
+        wall, cpu = [], []
+        for _ in range(args.steps):
+            w0, c0 = time.perf_counter(), time.process_time()
+            step()
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.process_time() - c0)
+        return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        base = _status_kib("VmRSS") * 1024
+    step()
+    return {"peak_bytes": (torch.cuda.max_memory_allocated(device) if cuda else _status_kib("VmHWM") * 1024) - base}
+
+
+def use_materialized_bias(model, patching_relpos) -> None:
+    """The previous BEiT path: gather a ``(B, H, n, n)`` bias per block, stock LayerScale."""
+    import torch.nn.functional as F
+
+    def materialized(q, k, v, table, pair_index, scale=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=table.t()[:, pair_index].transpose(0, 1), scale=scale)
+
+    patching_relpos.rel_pos_attention = materialized
+    for block in getattr(model, "blocks", []):
+        block.__dict__.pop("forward", None)  # the class's forward: gamma * f(x)
+
+
+def run_child(args: argparse.Namespace, model: str, rate: float) -> dict:
+    """Memory and times of ``model`` at ``rate``, each from a fresh process."""
+    cmd = [sys.executable, __file__, "--model", model, "--rate", str(rate), "--batch-size", str(args.batch_size),
+           "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device, "--bias", args.bias]
+    cmd += ["--amp"] if args.amp else []
+    for name in ("embed_dim", "depth", "num_heads"):
+        if getattr(args, name) is not None:
+            cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    # Pinning glibc's mmap threshold returns every freed tensor to the system, so RSS follows the
+    # live tensors; it also makes each step page-fault its memory in again, so times come from a
+    # second process without it.
+    pinned = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    result = {}
+    for what, env in (("memory", pinned), ("time", dict(os.environ))):
+        done = subprocess.run(cmd + ["--child", what], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{model} at keep rate {rate} failed:\n{done.stderr}")
+        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vit", default="vit_base_patch16_224")
+    parser.add_argument("--beit", default="beit_base_patch16_224")
+    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement (median)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--embed-dim", type=int, help="override both models' width (e.g. 384 for ViT-S size)")
+    parser.add_argument("--depth", type=int, help="override both models' depth")
+    parser.add_argument("--num-heads", type=int, help="override both models' heads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--bias", choices=("lookup", "materialize"), default="lookup",
+                        help="BEiT attention: vitpss's bias lookup (default) or the previous per-sample bias")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/beit_memory.json"))
+    parser.add_argument("--child", choices=("memory", "time"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+
+    import torch
+
+    rows = []
+    print(f"{'rate':>5} {'ViT GB':>7} {'BEiT GB':>7} {'mem x':>6} {'ViT s':>7} {'BEiT s':>7} {'wall x':>6} "
+          f"{'cpu x':>6}", flush=True)
+    for rate in args.rates:
+        vit, beit = run_child(args, args.vit, rate), run_child(args, args.beit, rate)
+        row = {"keep_rate": rate, "vit": vit, "beit": beit, "memory_ratio": beit["peak_bytes"] / vit["peak_bytes"],
+               "wall_ratio": beit["wall_s"] / vit["wall_s"], "cpu_ratio": beit["cpu_s"] / vit["cpu_s"]}
+        rows.append(row)
+        print(f"{rate:>5.2f} {vit['peak_bytes'] / 1e9:>7.2f} {beit['peak_bytes'] / 1e9:>7.2f} "
+              f"{row['memory_ratio']:>6.2f} {vit['wall_s']:>7.2f} {beit['wall_s']:>7.2f} {row['wall_ratio']:>6.2f} "
+              f"{row['cpu_ratio']:>6.2f}", flush=True)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "device": args.device,
+              "torch": torch.__version__, "vit": args.vit, "beit": args.beit, "batch_size": args.batch_size,
+              "threads": args.threads, "dims": {"embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.num_heads},
+              "steps": args.steps, "amp": args.amp, "bias": args.bias,
+              "memory": "CUDA max_memory_allocated growth" if args.device.startswith("cuda") else "peak RSS growth",
+              "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
