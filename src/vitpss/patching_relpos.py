@@ -4,9 +4,14 @@
 attention logits, per block and/or shared by all blocks. After sampling, query ``i`` and key
 ``j`` are the kept tokens ``p_i`` and ``p_j``, so their bias is ``table[index[p_i, p_j]]``, where
 ``index`` is the model's ``relative_position_index``. :func:`kept_pair_index` gathers that index
-once per forward for the kept pairs only, ``(B, n, n)``; each block then looks its own table up,
-``(B, H, n, n)``, and passes it to ``F.scaled_dot_product_attention`` as ``attn_mask``. The full
-bias is never repeated per sample.
+once per forward for the kept pairs only, ``(B, n, n)``; each block then attends with
+:func:`rel_pos_attention`, which looks its table (plus the shared one) up inside attention: the
+forward feeds the fused ``scaled_dot_product_attention`` kernel the bias of a few samples at a
+time, the backward recomputes the logits chunk by chunk (as flash attention does) and scatters the
+bias gradient into the table. No ``(B, H, n, n)`` bias or attention map is kept for backward, and
+LayerScale (``gamma * f(x)``) saves no copy of ``f(x)`` either, so a BEiT step needs about the
+memory of a plain ViT step (``benchmarks/beit_memory.py``). With attention dropout the bias is
+materialised per block, as SDPA needs it.
 
 **EVA** (``timm.models.eva.Eva``) already calls ``self.patch_drop(x) -> (x, keep_indices)`` and
 gathers its rotary embedding at ``keep_indices`` (timm's ``apply_keep_indices_nlc``); an absolute
