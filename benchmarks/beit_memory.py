@@ -2,7 +2,10 @@
 
     python benchmarks/beit_memory.py                      # ViT-B vs BEiT-B, batch 32, CPU, 1 thread
     python benchmarks/beit_memory.py --device cuda --amp  # on a GPU (bf16 autocast)
-    python benchmarks/beit_memory.py --bias materialize   # BEiT as before: a (B, H, n, n) bias per block
+    python benchmarks/beit_memory.py --embed-dim 384 --num-heads 6   # ViT-S size
+
+BEiT is measured with vitpss's bias lookup and with the previous path (``materialize``: a
+``(B, H, n, n)`` bias gathered per block, stock LayerScale); ``--bias lookup`` measures one.
 
 Each (model, keep rate) is measured in fresh subprocesses: build, one untimed step (allocates the
 optimizer state), then the measured steps. Memory of a step (its activations, gradients and
@@ -98,10 +101,10 @@ def use_materialized_bias(model, patching_relpos) -> None:
         block.__dict__.pop("forward", None)  # the class's forward: gamma * f(x)
 
 
-def run_child(args: argparse.Namespace, model: str, rate: float) -> dict:
+def run_child(args: argparse.Namespace, model: str, rate: float, bias: str) -> dict:
     """Memory and times of ``model`` at ``rate``, each from a fresh process."""
     cmd = [sys.executable, __file__, "--model", model, "--rate", str(rate), "--batch-size", str(args.batch_size),
-           "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device, "--bias", args.bias]
+           "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device, "--bias", bias]
     cmd += ["--amp"] if args.amp else []
     for name in ("embed_dim", "depth", "num_heads"):
         if getattr(args, name) is not None:
@@ -132,30 +135,38 @@ def main() -> None:
     parser.add_argument("--num-heads", type=int, help="override both models' heads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--bias", choices=("lookup", "materialize"), default="lookup",
-                        help="BEiT attention: vitpss's bias lookup (default) or the previous per-sample bias")
+    parser.add_argument("--bias", choices=("lookup", "materialize"), nargs="+", default=["lookup", "materialize"],
+                        help="BEiT attention paths to measure: vitpss's bias lookup and/or the previous per-sample bias")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/beit_memory.json"))
     parser.add_argument("--child", choices=("memory", "time"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.bias = args.bias[0]
         print(json.dumps(measure(args)))
         return
 
     import torch
 
     rows = []
-    print(f"{'rate':>5} {'ViT GB':>7} {'BEiT GB':>7} {'mem x':>6} {'ViT s':>7} {'BEiT s':>7} {'wall x':>6} "
-          f"{'cpu x':>6}", flush=True)
+    header = f"{'rate':>5} {'ViT GB':>7} {'ViT s':>7}"
+    for bias in args.bias:
+        header += f" | {bias:>11} GB {'mem x':>6} {'s':>7} {'wall x':>6} {'cpu x':>6}"
+    print(header, flush=True)
     for rate in args.rates:
-        vit, beit = run_child(args, args.vit, rate), run_child(args, args.beit, rate)
-        row = {"keep_rate": rate, "vit": vit, "beit": beit, "memory_ratio": beit["peak_bytes"] / vit["peak_bytes"],
-               "wall_ratio": beit["wall_s"] / vit["wall_s"], "cpu_ratio": beit["cpu_s"] / vit["cpu_s"]}
+        vit = run_child(args, args.vit, rate, "lookup")
+        row = {"keep_rate": rate, "vit": vit}
+        line = f"{rate:>5.2f} {vit['peak_bytes'] / 1e9:>7.2f} {vit['wall_s']:>7.2f}"
+        for bias in args.bias:
+            beit = run_child(args, args.beit, rate, bias)
+            ratios = {"memory_ratio": beit["peak_bytes"] / vit["peak_bytes"], "wall_ratio": beit["wall_s"] / vit["wall_s"],
+                      "cpu_ratio": beit["cpu_s"] / vit["cpu_s"]}
+            row[f"beit_{bias}"] = {**beit, **ratios}
+            line += (f" | {beit['peak_bytes'] / 1e9:>14.2f} {ratios['memory_ratio']:>6.2f} {beit['wall_s']:>7.2f} "
+                     f"{ratios['wall_ratio']:>6.2f} {ratios['cpu_ratio']:>6.2f}")
         rows.append(row)
-        print(f"{rate:>5.2f} {vit['peak_bytes'] / 1e9:>7.2f} {beit['peak_bytes'] / 1e9:>7.2f} "
-              f"{row['memory_ratio']:>6.2f} {vit['wall_s']:>7.2f} {beit['wall_s']:>7.2f} {row['wall_ratio']:>6.2f} "
-              f"{row['cpu_ratio']:>6.2f}", flush=True)
+        print(line, flush=True)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "device": args.device,
               "torch": torch.__version__, "vit": args.vit, "beit": args.beit, "batch_size": args.batch_size,
               "threads": args.threads, "dims": {"embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.num_heads},
