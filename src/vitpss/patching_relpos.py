@@ -71,12 +71,17 @@ def gather_rel_pos_bias(table: torch.Tensor, pair_index: torch.Tensor) -> torch.
 
 
 #: Upper bound on the elements of one ``(b, H, n, n)`` block of logits that
-#: :func:`rel_pos_attention` holds at a time (16 MiB in float32).
+#: :func:`rel_pos_attention` holds at a time on CPU (16 MiB in float32); on GPUs, where each
+#: chunk costs kernel launches, GPU_CHUNK_ELEMENTS (256 MiB).
 CHUNK_ELEMENTS = 1 << 22
+GPU_CHUNK_ELEMENTS = 1 << 26
 
 
-def _batch_chunks(batch: int, per_sample: int) -> list[slice]:
-    size = max(1, min(batch, CHUNK_ELEMENTS // max(per_sample, 1)))
+def _batch_chunks(q: torch.Tensor, k: torch.Tensor) -> list[slice]:
+    """Slices of the batch whose ``(b, H, n, n)`` logits stay within the chunk bound (>= 1 sample)."""
+    batch, per_sample = q.shape[0], q.shape[1] * q.shape[2] * k.shape[2]
+    limit = CHUNK_ELEMENTS if q.device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    size = max(1, min(batch, limit // max(per_sample, 1)))
     return [slice(i, min(i + size, batch)) for i in range(0, batch, size)]
 
 
@@ -91,7 +96,7 @@ class _RelPosAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, pair_index, scale):  # type: ignore[override]
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
-        for c in _batch_chunks(q.shape[0], q.shape[1] * q.shape[2] * k.shape[2]):
+        for c in _batch_chunks(q, k):
             bias = gather_rel_pos_bias(table, pair_index[c]).to(q.dtype)
             out[c] = F.scaled_dot_product_attention(q[c], k[c], v[c], attn_mask=bias, scale=scale)
         ctx.save_for_backward(q, k, v, out, table, pair_index)
@@ -106,7 +111,7 @@ class _RelPosAttention(torch.autograd.Function):
         # delta_i = sum_j p_ij dp_ij = <dO_i, O_i>: the softmax backward without a (n, n) product
         delta = (grad_out.float() * out.float()).sum(-1, keepdim=True)
         grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for c in _batch_chunks(q.shape[0], q.shape[1] * q.shape[2] * k.shape[2]):
+        for c in _batch_chunks(q, k):
             qc, kc, vc, go = q[c], k[c], v[c], grad_out[c]
             logits = torch.matmul(qc, kc.transpose(-2, -1)).float().mul_(scale)
             logits += gather_rel_pos_bias(table, pair_index[c])
@@ -122,7 +127,8 @@ class _RelPosAttention(torch.autograd.Function):
             grads.append((torch.matmul(grad_logits, kc).mul_(scale),
                           torch.matmul(grad_logits.transpose(-2, -1), qc).mul_(scale), grad_v))
         grad_q, grad_k, grad_v = (torch.cat(g) if len(g) > 1 else g[0] for g in zip(*grads))
-        return grad_q, grad_k, grad_v, grad_table.t().to(table.dtype), None, None
+        grad_table = grad_table.t().to(table.dtype) if ctx.needs_input_grad[3] else None
+        return grad_q, grad_k, grad_v, grad_table, None, None
 
 
 def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
