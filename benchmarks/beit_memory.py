@@ -7,18 +7,19 @@
 BEiT is measured with vitpss's bias lookup and with the previous path (``materialize``: a
 ``(B, H, n, n)`` bias gathered per block, stock LayerScale); ``--bias lookup`` measures one.
 
-Each (model, keep rate) is measured in fresh subprocesses: build, one untimed step (allocates the
-optimizer state), then the measured steps. Memory of a step (its activations, gradients and
-temporaries): on CPU the growth of the peak RSS (VmHWM, reset through /proc/self/clear_refs before
-the step; glibc's mmap threshold is pinned so that freed tensors go back to the system), on CUDA
-``max_memory_allocated`` over the memory before the step. Time, in a second process with the
-default allocator: median wall and process-CPU seconds of ``--steps`` steps. Prints a table, writes JSON (default
+Each (model, keep rate) is measured in a fresh subprocess: build, one untimed step (allocates the
+optimizer state), ``--steps`` timed steps (median wall and process-CPU seconds), then one step for
+memory (its activations, gradients and temporaries): on CPU the growth of the peak RSS (VmHWM,
+reset through /proc/self/clear_refs), with glibc switched to returning every freed block of
+64 KiB or more to the system first (mallopt, malloc_trim) so that RSS follows the live tensors;
+on CUDA ``max_memory_allocated`` over the memory before the step. Prints a table, writes JSON (default
 benchmarks/results/beit_memory.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -71,22 +72,31 @@ def measure(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize(device)
 
     step()
-    if args.child == "time":
-        wall, cpu = [], []
-        for _ in range(args.steps):
-            w0, c0 = time.perf_counter(), time.process_time()
-            step()
-            wall.append(time.perf_counter() - w0)
-            cpu.append(time.process_time() - c0)
-        return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+    wall, cpu = [], []
+    for _ in range(args.steps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
+        return_freed_memory_to_the_system()
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         base = _status_kib("VmRSS") * 1024
     step()
-    return {"peak_bytes": (torch.cuda.max_memory_allocated(device) if cuda else _status_kib("VmHWM") * 1024) - base}
+    peak = (torch.cuda.max_memory_allocated(device) if cuda else _status_kib("VmHWM") * 1024) - base
+    return {"peak_bytes": peak, "wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+
+
+def return_freed_memory_to_the_system() -> None:
+    """From now on glibc serves every block >= 64 KiB by mmap and unmaps it when freed, so RSS
+    follows the live tensors; what it holds free now is handed back (malloc_trim)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 65536)
+    libc.malloc_trim(0)
 
 
 def use_materialized_bias(model, patching_relpos) -> None:
@@ -102,24 +112,17 @@ def use_materialized_bias(model, patching_relpos) -> None:
 
 
 def run_child(args: argparse.Namespace, model: str, rate: float, bias: str) -> dict:
-    """Memory and times of ``model`` at ``rate``, each from a fresh process."""
+    """Memory and times of ``model`` at ``rate``, from a fresh process."""
     cmd = [sys.executable, __file__, "--model", model, "--rate", str(rate), "--batch-size", str(args.batch_size),
            "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device, "--bias", bias]
     cmd += ["--amp"] if args.amp else []
     for name in ("embed_dim", "depth", "num_heads"):
         if getattr(args, name) is not None:
             cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
-    # Pinning glibc's mmap threshold returns every freed tensor to the system, so RSS follows the
-    # live tensors; it also makes each step page-fault its memory in again, so times come from a
-    # second process without it.
-    pinned = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    result = {}
-    for what, env in (("memory", pinned), ("time", dict(os.environ))):
-        done = subprocess.run(cmd + ["--child", what], env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{model} at keep rate {rate} failed:\n{done.stderr}")
-        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    return result
+    done = subprocess.run(cmd + ["--child"], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{model} at keep rate {rate} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -138,7 +141,7 @@ def main() -> None:
     parser.add_argument("--bias", choices=("lookup", "materialize"), nargs="+", default=["lookup", "materialize"],
                         help="BEiT attention paths to measure: vitpss's bias lookup and/or the previous per-sample bias")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/beit_memory.json"))
-    parser.add_argument("--child", choices=("memory", "time"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
