@@ -138,7 +138,8 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: 
     ``q, k, v``: ``(B, H, n, d)``; ``table``: ``(num_relative_distance, H)``; ``pair_index``:
     ``(B, n, n)`` rows of ``table`` (:func:`kept_pair_index`). Differentiable in ``q, k, v`` and
     ``table``. The largest temporary is a ``(b, H, n, n)`` block of at most
-    :data:`CHUNK_ELEMENTS` elements (at least one sample).
+    :data:`CHUNK_ELEMENTS` elements on CPU, :data:`GPU_CHUNK_ELEMENTS` elsewhere (at least one
+    sample).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return _RelPosAttention.apply(q, k, v, table, pair_index, scale)
@@ -150,7 +151,8 @@ def _beit_attention_forward(self: nn.Module, x: torch.Tensor,
     """``timm.models.beit.Attention.forward`` that also accepts :class:`KeptPairs`.
 
     With a tensor or ``None`` the stock forward runs unchanged. ``layer_scale`` (the block's
-    ``gamma_1``) is folded into the output projection, which then saves no extra activation.
+    ``gamma_1``) is applied by the output projection (:func:`_scaled_linear`), which then keeps
+    no copy of its output for backward.
     """
     if not isinstance(shared_rel_pos_bias, KeptPairs):
         return type(self).forward(self, x, shared_rel_pos_bias)
