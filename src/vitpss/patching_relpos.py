@@ -95,7 +95,9 @@ class _RelPosAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, table, pair_index, scale):  # type: ignore[override]
-        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        # (B, n, H, d) in memory, as SDPA lays its output out: the caller's
+        # ``transpose(1, 2).reshape(B, n, H * d)`` is then a view, not a copy kept for backward
+        out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1]).transpose(1, 2)
         for c in _batch_chunks(q, k):
             bias = gather_rel_pos_bias(table, pair_index[c]).to(q.dtype)
             out[c] = F.scaled_dot_product_attention(q[c], k[c], v[c], attn_mask=bias, scale=scale)
