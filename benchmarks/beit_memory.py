@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 RATES = (1.0, 0.8, 0.5, 0.2)
+LOOKUP_ATTENTION = None  # vitpss's rel_pos_attention, kept when a model switches to the previous path
 
 
 def _status_kib(field: str) -> int:
@@ -99,16 +100,57 @@ def return_freed_memory_to_the_system() -> None:
     libc.malloc_trim(0)
 
 
-def use_materialized_bias(model, patching_relpos) -> None:
-    """The previous BEiT path: gather a ``(B, H, n, n)`` bias per block, stock LayerScale."""
+def materialized_attention(q, k, v, table, pair_index, scale=None):
+    """The previous BEiT attention: a ``(B, H, n, n)`` bias by advanced indexing, as ``attn_mask``."""
     import torch.nn.functional as F
 
-    def materialized(q, k, v, table, pair_index, scale=None):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=table.t()[:, pair_index].transpose(0, 1), scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=table.t()[:, pair_index].transpose(0, 1), scale=scale)
 
-    patching_relpos.rel_pos_attention = materialized
+
+def use_materialized_bias(model, patching_relpos) -> None:
+    """The previous BEiT path: gather a ``(B, H, n, n)`` bias per block, stock LayerScale."""
+    patching_relpos.rel_pos_attention = materialized_attention
     for block in getattr(model, "blocks", []):
         block.__dict__.pop("forward", None)  # the class's forward: gamma * f(x)
+
+
+def interleaved_times(args: argparse.Namespace) -> dict:
+    """Step times of ViT and each BEiT path in one process, round-robin (drift hits all alike)."""
+    import timm
+    import torch
+
+    import vitpss
+    from vitpss import patching_relpos
+
+    torch.set_num_threads(args.threads)
+    dims = {k: v for k, v in (("embed_dim", args.embed_dim), ("depth", args.depth), ("num_heads", args.num_heads))
+            if v is not None}
+    variants = {"vit": (args.vit, "lookup")} | {f"beit_{b}": (args.beit, b) for b in args.bias}
+    models, optimizers = {}, {}
+    for key, (name, bias) in variants.items():
+        torch.manual_seed(0)
+        models[key] = vitpss.attach(timm.create_model(name, num_classes=10, **dims), sampler="random").train()
+        optimizers[key] = torch.optim.AdamW(models[key].parameters(), lr=1e-6)
+    for bias in args.bias:  # the materialising path replaces a module function: build its model last
+        if bias == "materialize":
+            use_materialized_bias(models["beit_materialize"], patching_relpos)
+    x = torch.randn(args.batch_size, 3, 224, 224)
+    y = torch.randint(0, 10, (args.batch_size,))
+    cpu = {(k, r): [] for r in args.rates for k in models}
+    for i in range(args.interleaved + 1):
+        for key, rate in cpu:
+            patching_relpos.rel_pos_attention = (materialized_attention if key == "beit_materialize"
+                                                 else LOOKUP_ATTENTION)
+            vitpss.set_keep_rate(models[key], rate)
+            c0 = time.process_time()
+            torch.nn.functional.cross_entropy(models[key](x), y).backward()
+            optimizers[key].step()
+            optimizers[key].zero_grad(set_to_none=True)
+            if i:  # round 0 warms up
+                cpu[(key, rate)].append(time.process_time() - c0)
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    return {str(r): {**{f"{k}_cpu_s": med[(k, r)] for k in models},
+                     **{f"{k}/vit": med[(k, r)] / med[("vit", r)] for k in models if k != "vit"}} for r in args.rates}
 
 
 def run_child(args: argparse.Namespace, model: str, rate: float, bias: str) -> dict:
@@ -141,6 +183,8 @@ def main() -> None:
     parser.add_argument("--bias", choices=("lookup", "materialize"), nargs="+", default=["lookup", "materialize"],
                         help="BEiT attention paths to measure: vitpss's bias lookup and/or the previous per-sample bias")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/beit_memory.json"))
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                        help="instead: CPU times only, all models in one process, round-robin over ROUNDS rounds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -148,6 +192,18 @@ def main() -> None:
     if args.child:
         args.bias = args.bias[0]
         print(json.dumps(measure(args)))
+        return
+    if args.interleaved:
+        global LOOKUP_ATTENTION
+        from vitpss import patching_relpos
+
+        LOOKUP_ATTENTION = patching_relpos.rel_pos_attention
+        result = interleaved_times(args)
+        print(json.dumps(result, indent=1))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"batch_size": args.batch_size, "threads": args.threads,
+                                         "dims": {"embed_dim": args.embed_dim, "num_heads": args.num_heads},
+                                         "rounds": args.interleaved, "median_cpu_s": result}, indent=1) + "\n")
         return
 
     import torch
