@@ -173,3 +173,18 @@ def test_gumbel_magnitude_samples_in_training_and_is_deterministic_top_k_in_eval
         vitpss.set_sampler(model, "magnitude")
         model(x)
         assert torch.equal(eval_idx, vitpss.get_keep_indices(model))
+
+
+@pytest.mark.parametrize("sampler", sorted(vitpss.SAMPLERS))
+def test_two_runs_with_the_same_generator_seed_keep_the_same_patches_and_leave_the_global_rng(sampler):
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kept = []
+    global_state = torch.get_rng_state()
+    for _ in range(2):
+        model = vitpss.attach(tiny(), sampler=sampler, generator=torch.Generator().manual_seed(5)).train()
+        vitpss.set_keep_rate(model, 0.5)
+        torch.set_rng_state(global_state)  # model init drew from it; the sampler must not
+        model(x)
+        kept.append(vitpss.get_keep_indices(model))
+        assert torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(kept[0], kept[1])

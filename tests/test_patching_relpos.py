@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vitpss
+from vitpss.patching import relpos as patching_relpos
 from vitpss.patching.relpos import kept_pair_index
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5)
@@ -251,3 +252,72 @@ def test_kept_pair_index_equals_index_from_2d_offsets(data):
     full = gen_relative_position_index((GRID, GRID))
     got = kept_pair_index(full, torch.tensor([keep]))
     assert torch.equal(got[0], relative_index_from_coordinates([0] + [p + 1 for p in keep]))
+
+
+def _explicit_attention(q, k, v, table, pair_index):
+    bias = table[pair_index].permute(0, 3, 1, 2)  # (B, H, n, n) by plain indexing
+    return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5 + bias).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 1 << 22])  # one sample per chunk; the whole batch at once
+def test_rel_pos_attention_matches_explicit_bias_in_values_and_gradients(monkeypatch, chunk_elements):
+    monkeypatch.setattr(patching_relpos, "CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4, generator=gen, requires_grad=True) for _ in range(3))
+    table = torch.randn(11, 2, generator=gen, requires_grad=True)
+    pair_index = torch.randint(0, 11, (3, 7, 7), generator=gen)
+    grad = torch.randn(3, 2, 7, 4, generator=gen)
+    got = patching_relpos.rel_pos_attention(q, k, v, table, pair_index)
+    got_grads = torch.autograd.grad(got, (q, k, v, table), grad)
+    expected = _explicit_attention(q, k, v, table, pair_index)
+    expected_grads = torch.autograd.grad(expected, (q, k, v, table), grad)
+    assert (got - expected).abs().max() < 1e-5
+    for g, e in zip(got_grads, expected_grads):
+        assert (g - e).abs().max() < 1e-5
+
+
+def test_rel_pos_attention_passes_gradcheck_in_double_precision():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    table = torch.randn(9, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    pair_index = torch.randint(0, 9, (2, 5, 5), generator=gen)
+    assert torch.autograd.gradcheck(lambda *t: patching_relpos.rel_pos_attention(*t, pair_index), (q, k, v, table))
+
+
+def test_layer_scaled_linear_passes_gradcheck_in_double_precision():
+    gen = torch.Generator().manual_seed(2)
+    x, weight, bias, gamma = (torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+                              for shape in ((2, 3, 4), (5, 4), (5,), (5,)))
+    assert torch.autograd.gradcheck(patching_relpos._LayerScaledLinear.apply, (x, weight, bias, gamma))
+
+
+@pytest.mark.parametrize("variant", ["per_block", "shared_and_per_block"])
+def test_beit_gradients_match_per_sample_reference_at_kept_positions(variant):
+    model = make_beit(variant)
+    x = images()
+    out, keep = _sampled_logits(model, x, 0.5, "random")
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    expected = torch.autograd.grad(beit_reference_logits(model, x, keep).square().sum(), params, allow_unused=True)
+    for g, e in zip(got, expected):
+        assert (g is None) == (e is None)
+        if g is not None:
+            assert (g - e).abs().max() <= 1e-5 * max(1.0, e.abs().max())
+
+
+def test_beit_keeps_no_attention_map_or_bias_for_backward():
+    """Below rate 1 no float (..., n, n) tensor (bias, logits, probabilities) is saved for backward."""
+    model = vitpss.attach(make_beit("shared_and_per_block"), sampler="random")
+    model.train()
+    vitpss.set_keep_rate(model, 0.5)
+    n = 1 + vitpss.keep_count(0.5, GRID * GRID)
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images()).sum()
+    pair_maps = [tuple(t.shape) for t in saved if t.is_floating_point() and tuple(t.shape[-2:]) == (n, n)]
+    assert saved and not pair_maps

@@ -16,11 +16,14 @@ from vitpss.cli import main
 from vitpss.config import from_dict
 from vitpss.errors import UsageError
 from vitpss.flops import FlopModel
+import vitpss.commands.plan
 from vitpss.commands.plan import (
-    MAX_MEASURED, StepTimes, budget_candidates, calibration_counts, grid_rates, nearest_shares, solve_budget,
+    MAX_MEASURED, LoaderSpeed, StepTimes, budget_candidates, calibration_counts, grid_rates, nearest_shares, solve_budget,
     table_rates,
 )
 from vitpss.schedules import quantize
+
+from train_helpers import make_image_folder
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--embed-dim", "32",
         "--depth", "2", "--num-heads", "2", "--device", "cpu", "--batch-size", "2"]
@@ -173,3 +176,51 @@ def test_plan_reads_a_train_config_and_flags_override_it(tmp_path, capsys):
     plan = plan_json(capsys, "--no-measure", "--config", str(config), "--low", "0.4")
     assert (plan["schedule"]["name"], plan["schedule"]["low"]) == ("fixed", 0.4)
     assert plan["schedule"]["epochs"] == 3  # RUN's --epochs 3 overrides the file's 7
+
+
+# --------------------------------------------------------------------------- data pipeline
+
+
+def test_without_workers_loading_adds_to_the_step_and_with_workers_the_slower_sets_the_pace():
+    serial, overlapped = LoaderSpeed(100.0, 0, 10), LoaderSpeed(100.0, 2, 10)  # 0.1 s per batch
+    assert serial.step_time(0.3) == pytest.approx(0.4) and serial.wait_share(0.3) == pytest.approx(0.25)
+    assert overlapped.step_time(0.3) == pytest.approx(0.3) and overlapped.wait_share(0.3) == 0.0
+    assert overlapped.step_time(0.04) == pytest.approx(0.1) and overlapped.wait_share(0.04) == pytest.approx(0.6)
+
+
+def test_time_fraction_with_a_loader_bounds_every_step_by_it():
+    times = StepTimes(64, {13: 0.1, 64: 0.5})
+    rates = np.array([0.2, 0.2, 1.0])
+    loader = LoaderSpeed(40.0, 2, 8)  # 0.2 s per batch: the 0.2 steps wait, the full ones do not
+    assert times.time_fraction(rates, loader) == pytest.approx((0.2 + 0.2 + 0.5) / 1.5)
+    assert times.data_wait_share(rates, loader) == pytest.approx(0.2 / 0.9)
+    assert times.time_fraction(rates) == pytest.approx(0.7 / 1.5)
+
+
+def test_plan_with_data_times_the_loader_and_adds_it_to_each_step_without_workers(capsys, tmp_path):
+    data = make_image_folder(tmp_path / "images", per_class=4, size=32)
+    plan = plan_json(capsys, "--data", str(data), "--workers", "0", "--repeats", "1", "--warmup", "0",
+                     "--data-batches", "2")
+    loader = plan["data"]
+    assert loader["workers"] == 0 and loader["images_per_s"] > 0
+    assert loader["batch_time_s"] == pytest.approx(2 / loader["images_per_s"])
+    for row in plan["levels"]:
+        assert row["predicted_step_s"] == pytest.approx(row["step_time_s"] + loader["batch_time_s"])
+    shares = {row["keep_rate"]: row["share"] for row in plan["levels"]}
+    steps = {row["keep_rate"]: row["predicted_step_s"] for row in plan["levels"]}
+    assert plan["time_fraction"] == pytest.approx(sum(shares[r] * steps[r] for r in steps) / steps[1.0])
+
+
+def test_plan_names_data_bound_rates_and_what_to_change(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(vitpss.plan, "measure_loader", lambda *a, **k: LoaderSpeed(1.0, 3, 2))  # 2 s a batch
+    data = make_image_folder(tmp_path / "images", per_class=4, size=32)
+    assert main(["plan", *TINY, *RUN, "--data", str(data), "--augment", "randaug", "--repeats", "1",
+                 "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "data-bound rates  0.2, 0.4, 0.6, 0.8, 1" in out
+    assert "--workers; now 3" in out and "--augment light" in out
+
+
+def test_plan_without_data_does_not_time_a_loader(capsys):
+    plan = plan_json(capsys, "--repeats", "1", "--warmup", "0")
+    assert plan["data"] is None and plan["time_fraction"] == plan["model_time_fraction"]

@@ -80,3 +80,13 @@ def test_gumbel_magnitude_prefers_large_norm_patches_but_keeps_others_sometimes(
     counts = torch.bincount(get_sampler("gumbel-magnitude")(x, 0, 3, g).flatten(), minlength=10).float()
     assert counts[:5].sum() > 2 * counts[5:].sum()
     assert torch.all(counts[5:] > 0)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_draws_only_from_the_generator_it_is_given(name):
+    x = torch.randn(4, 17, 8, generator=torch.Generator().manual_seed(0))
+    global_state = torch.get_rng_state()
+    first = get_sampler(name)(x, 1, 5, torch.Generator().manual_seed(7))
+    second = get_sampler(name)(x, 1, 5, torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
+    assert torch.equal(torch.get_rng_state(), global_state)

@@ -10,12 +10,14 @@ refuses any other Python object (so loading cannot run code).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
 import random
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -131,16 +133,38 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    """Restore what :func:`rng_state` saved."""
+    """Restore what :func:`rng_state` saved, also on another device (see :func:`restore_generator`)."""
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():  # states of GPUs that this machine lacks are dropped
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     if generator is not None and state["generator"] is not None:
-        generator.set_state(state["generator"])
+        restore_generator(generator, state["generator"])
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> bool:
+    """``generator.set_state(state)``; or, for a state of another kind of generator, reseed from it.
+
+    CPU (Mersenne Twister) and CUDA (Philox) generators have states of different sizes and draw
+    different streams, so a sequence cannot continue across device types. A checkpoint written on
+    one and resumed on the other reseeds the generator from a hash of the saved state (the same
+    checkpoint always gives the same stream) and warns. Returns whether the state was restored.
+    """
+    state = state.cpu().to(torch.uint8)
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return True
+    seed = int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little") >> 1
+    generator.manual_seed(seed)
+    warnings.warn(f"the sampler's generator state in the checkpoint is from another device type "
+                  f"({state.numel()} bytes, this {generator.device.type} generator takes "
+                  f"{generator.get_state().numel()}); reseeded from it, so the random patch choices "
+                  f"differ from an uninterrupted run", RuntimeWarning, stacklevel=2)
+    return False
 
 
 # --------------------------------------------------------------------------- loading

@@ -7,6 +7,13 @@ the mean keep rate, the compute fraction (FLOPs of its steps over the same steps
 and the predicted time fraction (the same ratio of measured step times). ``--budget F`` instead
 solves for the schedule's free parameter (``low``; the rate of ``fixed``) so that the compute
 fraction is the largest one on the grid that does not exceed ``F``.
+
+With ``--data`` (or a config that names its data) the training data pipeline is timed too: the
+loader ``vitpss train`` would build (same dataset, transforms, workers, batch size;
+:func:`~vitpss.data.build_loader`), in images/s. Each rate's step is then predicted as the model's
+step bounded by the loader: with ``workers = 0`` the main process loads between steps, so the two
+add up; with workers, loading overlaps the step and the slower of the two sets the pace. Rates at
+which more than 10% of a step would be spent waiting for data are named, with what to change.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -24,13 +32,14 @@ import yaml
 from torch import nn
 
 from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
+from ..data import build_datasets, build_loader, default_workers
 from ..errors import UsageError
 from ..flops import FlopModel
+from ..models import build_model, resolve_model_config
+from ..runtime import amp_settings, resolve_device
 from ..samplers import keep_count
 from ..schedules import KeepRateSchedule
 from ..timing import time_training_steps
-from ..models import build_model
-from ..runtime import amp_settings, resolve_device
 
 #: Up to this many grid rates the table lists each; finer grids (and quantum 0) show DISPLAY_RATES.
 MAX_ROWS = 12
@@ -40,8 +49,11 @@ MAX_MEASURED = 12
 #: TrainConfig fields that ``vitpss plan`` takes, as in ``vitpss train``.
 PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool",
                "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
-               "cooldown_epochs", "period_steps", "epochs", "threads")
+               "cooldown_epochs", "period_steps", "epochs", "threads", "data", "synthetic_size", "augment", "hflip",
+               "workers", "on_bad_image", "seed")
 SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
+#: A rate is data-bound when more than this share of its step would be spent waiting for data.
+DATA_WAIT_LIMIT = 0.10
 
 
 # --------------------------------------------------------------------------- grid and shares
@@ -94,11 +106,22 @@ class StepTimes:
     def at_rate(self, rate: float) -> float:
         return self.at_count(keep_count(rate, self.num_patches))
 
-    def time_fraction(self, rates: np.ndarray) -> float:
-        """Predicted time of steps at ``rates`` over the same steps with all patches."""
+    def time_fraction(self, rates: np.ndarray, loader: Optional["LoaderSpeed"] = None) -> float:
+        """Predicted time of steps at ``rates`` over the same steps with all patches.
+
+        With ``loader`` each step is bounded by the data pipeline (:meth:`LoaderSpeed.step_time`).
+        """
+        step = (lambda t: t) if loader is None else loader.step_time
         values, counts = np.unique(np.asarray(rates, dtype=np.float64), return_counts=True)
-        total = sum(self.at_rate(float(v)) * int(c) for v, c in zip(values, counts))
-        return float(total / (self.at_count(self.num_patches) * int(counts.sum())))
+        total = sum(step(self.at_rate(float(v))) * int(c) for v, c in zip(values, counts))
+        return float(total / (step(self.at_count(self.num_patches)) * int(counts.sum())))
+
+    def data_wait_share(self, rates: np.ndarray, loader: "LoaderSpeed") -> float:
+        """Share of the predicted time of steps at ``rates`` spent waiting for data."""
+        values, counts = np.unique(np.asarray(rates, dtype=np.float64), return_counts=True)
+        model = [self.at_rate(float(v)) for v in values]
+        steps = sum(loader.step_time(t) * int(c) for t, c in zip(model, counts))
+        return float(sum((loader.step_time(t) - t) * int(c) for t, c in zip(model, counts)) / steps)
 
 
 def calibration_counts(num_patches: int, rows: Sequence[float], schedule_rates: np.ndarray) -> list[int]:
@@ -116,6 +139,80 @@ def measure_step_times(model: nn.Module, counts: Sequence[int], *, batch_size: i
     times = time_training_steps(model, list(rates.values()), batch_size=batch_size, repeats=repeats,
                                 warmup=warmup, amp_dtype=amp_dtype)
     return StepTimes(num_patches, {c: times[r] for c, r in rates.items()})
+
+
+# --------------------------------------------------------------------------- data pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderSpeed:
+    """Measured throughput of the training loader: ``images_per_s`` with ``workers`` workers."""
+
+    images_per_s: float
+    workers: int
+    batch_size: int
+
+    @property
+    def batch_time(self) -> float:
+        """Seconds to deliver one batch."""
+        return self.batch_size / self.images_per_s
+
+    def step_time(self, model_time: float) -> float:
+        """Predicted seconds of a training step whose model part takes ``model_time``.
+
+        Without workers the main process loads between steps (the times add up); with workers,
+        loading overlaps the step and the slower of the two sets the pace.
+        """
+        if self.workers == 0:
+            return model_time + self.batch_time
+        return max(model_time, self.batch_time)
+
+    def wait_share(self, model_time: float) -> float:
+        """Share of the predicted step spent waiting for data."""
+        step = self.step_time(model_time)
+        return (step - model_time) / step
+
+
+def measure_loader(train_ds: torch.utils.data.Dataset, cfg: TrainConfig, device: torch.device, *,
+                   batches: int = 10) -> LoaderSpeed:
+    """Images/s of the training loader ``vitpss train`` builds over ``train_ds`` for ``cfg`` (one process).
+
+    The first batches are not timed: ``2 * workers`` (what the workers have ready when the loop
+    starts), at least 1. Epochs are repeated when the data has fewer batches than needed.
+    """
+    loader = build_loader(train_ds, cfg, True, device=device)
+    workers = default_workers(cfg)
+    skip = max(1, 2 * workers)
+    seen, start, epoch = 0, 0.0, 0
+    while seen < skip + batches:
+        loader.sampler.set_epoch(epoch)
+        for _ in loader:
+            seen += 1
+            if seen == skip:
+                start = time.perf_counter()
+            if seen == skip + batches:
+                break
+        epoch += 1
+    elapsed = time.perf_counter() - start
+    return LoaderSpeed(images_per_s=batches * loader.batch_size / elapsed, workers=workers,
+                       batch_size=loader.batch_size)
+
+
+def data_advice(cfg: TrainConfig, speed: LoaderSpeed, needed_images_per_s: float) -> list[str]:
+    """What to change so that the loader delivers ``needed_images_per_s``."""
+    advice = []
+    if speed.workers == 0:
+        advice.append("load in worker processes (--workers N; now 0, so the main process loads between steps "
+                      "and every step waits for its batch)")
+    else:
+        advice.append(f"more loader workers (--workers; now {speed.workers}, delivering {speed.images_per_s:.0f} "
+                      f"images/s, {needed_images_per_s:.0f} needed)")
+    if cfg.augment == "randaug":
+        advice.append("lighter augmentation (--augment light; randaug is the most expensive)")
+    if cfg.data not in ("synthetic", "mnist5k"):
+        advice.append("cheaper decoding: images stored at the training size, or decoded once and kept in memory "
+                      "as uint8")
+    return advice
 
 
 # --------------------------------------------------------------------------- budget
@@ -181,11 +278,22 @@ def build_plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSched
 
 
 def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float] = None, measure: bool = True,
-              baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """The plan of ``cfg``'s schedule over ``epochs x steps_per_epoch`` steps, as a JSON-ready dict."""
+              baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1,
+              measure_data: bool = False, data_batches: int = 10) -> dict[str, Any]:
+    """The plan of ``cfg``'s schedule over ``epochs x steps_per_epoch`` steps, as a JSON-ready dict.
+
+    ``measure_data`` (with ``measure``) also times ``cfg``'s training data pipeline
+    (:func:`measure_loader`) and bounds each step by it.
+    """
     schedule = build_plan_schedule(cfg, steps_per_epoch)
     device = resolve_device(cfg.device)
     amp_dtype, _ = amp_settings(cfg.amp, device)
+    loader = None
+    if measure and measure_data:
+        cfg = resolve_model_config(cfg)  # the image size and channels that the data is prepared for
+        train_ds, _, num_classes, _, _ = build_datasets(cfg)
+        cfg = dataclasses.replace(cfg, num_classes=num_classes)
+        loader = measure_loader(train_ds, cfg, device, batches=data_batches)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     flop_model = FlopModel(model)
@@ -203,12 +311,25 @@ def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float]
         counts = calibration_counts(n, rows, rates)
         times = measure_step_times(model, counts, batch_size=cfg.batch_size, repeats=repeats, warmup=warmup,
                                    amp_dtype=amp_dtype)
-    time_fraction = times.time_fraction(rates) if times else None
+    model_time_fraction = times.time_fraction(rates) if times else None
+    time_fraction = times.time_fraction(rates, loader) if times else None
     compute_fraction = flop_model.compute_fraction(rates)
     levels = [{"keep_rate": r, "tokens": flop_model.num_prefix_tokens + keep_count(r, n),
                "gflops_per_image": flop_model.flops(r) / 1e9,
                "step_time_s": times.at_rate(r) if times else None, "share": share}
               for r, share in zip(rows, nearest_shares(rates, rows))]
+    data_info = None
+    if loader is not None and times is not None:
+        for row in levels:
+            row["predicted_step_s"] = loader.step_time(row["step_time_s"])
+            row["data_wait_share"] = loader.wait_share(row["step_time_s"])
+        scheduled = sorted(float(r) for r in np.unique(rates))
+        bound = [r for r in scheduled if loader.wait_share(times.at_rate(r)) > DATA_WAIT_LIMIT]
+        needed = cfg.batch_size / times.at_rate(scheduled[0])
+        data_info = {"data": cfg.data, "augment": cfg.augment, "workers": loader.workers,
+                     "images_per_s": loader.images_per_s, "batch_time_s": loader.batch_time,
+                     "needed_images_per_s": needed, "wait_share": times.data_wait_share(rates, loader),
+                     "data_bound_rates": bound, "advice": data_advice(cfg, loader, needed) if bound else []}
     hours_basis = time_fraction if time_fraction is not None else compute_fraction
     return {
         "model": cfg.model, "batch_size": cfg.batch_size, "device": str(device), "amp": cfg.amp,
@@ -218,7 +339,8 @@ def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float]
         "measured_tokens": sorted(flop_model.num_prefix_tokens + c for c in times.measured) if times else [],
         "distinct_rates": int(len(np.unique(rates))),
         "mean_keep_rate": schedule.mean_keep_rate(), "compute_fraction": compute_fraction,
-        "time_fraction": time_fraction, "baseline_hours": baseline_hours,
+        "time_fraction": time_fraction, "model_time_fraction": model_time_fraction, "data": data_info,
+        "baseline_hours": baseline_hours,
         "predicted_hours": None if baseline_hours is None else baseline_hours * hours_basis,
         "predicted_hours_from": None if baseline_hours is None else
         ("time_fraction" if time_fraction is not None else "compute_fraction"),
@@ -234,21 +356,36 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"schedule: {as_flags(schedule_settings(KeepRateSchedule(**s)))} over {s['epochs']} epochs x "
              f"{s['steps_per_epoch']} steps",
              "",
-             f"{'keep rate':>9} {'tokens':>6} {'GFLOPs/img':>10} {'step (ms)':>9} {'vs 1.0':>6} {'share':>6}"]
+             f"{'keep rate':>9} {'tokens':>6} {'GFLOPs/img':>10} {'step (ms)':>9} {'vs 1.0':>6} {'share':>6}"
+             + (f" {'+data (ms)':>10} {'wait':>5}" if plan["data"] else "")]
     full = plan["levels"][-1]["step_time_s"]
     for row in plan["levels"]:
         t = row["step_time_s"]
         ms, rel = (f"{t * 1e3:.1f}", f"{t / full:.2f}") if t is not None else ("-", "-")
-        lines.append(f"{row['keep_rate']:>9.2f} {row['tokens']:>6d} {row['gflops_per_image']:>10.4g} {ms:>9} "
-                     f"{rel:>6} {row['share']:>6.1%}")
+        line = (f"{row['keep_rate']:>9.2f} {row['tokens']:>6d} {row['gflops_per_image']:>10.4g} {ms:>9} "
+                f"{rel:>6} {row['share']:>6.1%}")
+        if plan["data"]:
+            line += f" {row['predicted_step_s'] * 1e3:>10.1f} {row['data_wait_share']:>5.0%}"
+        lines.append(line)
     if plan["shares_nearest"]:
         lines.append("(share: steps whose keep rate is nearest to the row)")
-    tf = plan["time_fraction"]
+    tf, data = plan["time_fraction"], plan["data"]
+    basis = "the measured step times and data loader" if data else "the measured step times"
     lines += ["",
               f"mean keep rate    {plan['mean_keep_rate']:.3f}",
               f"compute fraction  {plan['compute_fraction']:.3f}  (training FLOPs over the same steps at keep rate 1)",
-              f"time fraction     " + (f"{tf:.3f}  (predicted from the measured step times)" if tf is not None
+              f"time fraction     " + (f"{tf:.3f}  (predicted from {basis})" if tf is not None
                                        else "-  (not measured: --no-measure)")]
+    if data:
+        lines += [f"model alone       {plan['model_time_fraction']:.3f}  (time fraction if data were free)",
+                  f"data loader       {data['images_per_s']:.0f} images/s ({data['workers']} workers, augment "
+                  f"{data['augment']}): {data['batch_time_s'] * 1e3:.1f} ms per batch; "
+                  f"{data['wait_share']:.0%} of the run waiting for data"]
+        if data["data_bound_rates"]:
+            rates = ", ".join(f"{r:g}" for r in data["data_bound_rates"])
+            lines.append(f"data-bound rates  {rates}  (over {DATA_WAIT_LIMIT:.0%} of the step waiting for data); "
+                         f"to feed them:")
+            lines += [f"  - {tip}" for tip in data["advice"]]
     lines.append(f"distinct rates    {plan['distinct_rates']}  (= graphs that vitpss train --compile builds)")
     if plan["predicted_hours"] is not None:
         lines.append(f"predicted hours   {plan['predicted_hours']:.2f} of {plan['baseline_hours']:g} "
@@ -278,6 +415,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-measure", action="store_true", help="skip the step-time calibration (FLOPs only)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate (median; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per keep rate first (default 1)")
+    p.add_argument("--data-batches", type=int, default=10,
+                   help="batches timed from the data loader when --data is given (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
 
@@ -288,8 +427,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = validate(from_dict(given, base=base, source="command line"))
     if args.steps_per_epoch < 1:
         raise UsageError(f"--steps-per-epoch={args.steps_per_epoch} is out of range: it must be >= 1")
-    if args.repeats < 1 or args.warmup < 0:
-        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0 or args.data_batches < 1:
+        raise UsageError("--repeats and --data-batches must be >= 1 and --warmup >= 0")
     if args.budget is not None and not 0 < args.budget <= 1:
         raise UsageError(f"--budget={args.budget!r} is out of range: it must be in (0, 1]")
     if args.baseline_hours is not None and args.baseline_hours <= 0:
@@ -299,7 +438,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     try:
         plan = make_plan(cfg, steps_per_epoch=args.steps_per_epoch, budget=args.budget, measure=not args.no_measure,
-                         baseline_hours=args.baseline_hours, repeats=args.repeats, warmup=args.warmup)
+                         baseline_hours=args.baseline_hours, repeats=args.repeats, warmup=args.warmup,
+                         measure_data="data" in given or cfg.data != TrainConfig().data,
+                         data_batches=args.data_batches)
     finally:
         torch.set_num_threads(threads)
     print(json.dumps(plan) if args.json else format_plan(plan), file=sys.stdout)
