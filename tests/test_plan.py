@@ -212,7 +212,7 @@ def test_plan_with_data_times_the_loader_and_adds_it_to_each_step_without_worker
 
 
 def test_plan_names_data_bound_rates_and_what_to_change(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(vitpss.plan, "measure_loader", lambda *a, **k: LoaderSpeed(1.0, 3, 2))  # 2 s a batch
+    monkeypatch.setattr(vitpss.commands.plan, "measure_loader", lambda *a, **k: LoaderSpeed(1.0, 3, 2))  # 2 s a batch
     data = make_image_folder(tmp_path / "images", per_class=4, size=32)
     assert main(["plan", *TINY, *RUN, "--data", str(data), "--augment", "randaug", "--repeats", "1",
                  "--warmup", "0"]) == 0
