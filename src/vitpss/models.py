@@ -75,16 +75,13 @@ def vitpss_tiny_beit_mnist(**kwargs) -> Beit:
 
 @register_model
 def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """The default model: ViT for 28x28 grayscale digits (patch 4: 49 patches, width 64, depth 4, 4 heads,
-    MLP ratio 2, average pooling over tokens; 0.14 M parameters). Patch 4 rather than 7 (its size
-    before vitpss 0.2): with 49 tokens the transformer, not fixed per-step costs, dominates a step, so
-    patch sampling saves time even on this small model (`vitpss plan`: time fraction 0.80 at patch 7,
-    0.68 at patch 4, cosine schedule)."""
+    """The default model: ViT for 28x28 grayscale digits (patch 7: 16 patches, width 64, depth 4, 4 heads,
+    MLP ratio 2, average pooling over tokens; 0.14 M parameters)."""
     if pretrained:
         raise UsageError(f"{DEFAULT_MODEL} has no pretrained weights")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
+    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
                 mlp_ratio=2.0, global_pool="avg")
     return VisionTransformer(**{**args, **kwargs})
 
