@@ -41,7 +41,7 @@ from .engine import NonFiniteLossError, StepTimer, all_reduce_sum
 from .errors import UsageError
 from .models import resolve_model_config
 from .optim import create_adamw
-from .patching import set_keep_rate, token_count
+from .patching import patch_samplers, token_count
 from .runtime import (
     Dist, amp_settings, compile_for_schedule, enable_tf32, num_threads, prepare_output, resolve_amp, seed_everything,
     setup_distributed,
@@ -192,6 +192,7 @@ class Trainer:
         if cfg.compile:
             self.net = compile_for_schedule(self.net, self.schedule, warn=self.d.main)
         self.timer = StepTimer(self.device)
+        self.samplers = patch_samplers(self.model)
         self.pending: list[PendingStep] = []
         self.epoch_losses: list[float] = []
         self.tokens: dict[float, int] = {}
@@ -213,7 +214,8 @@ class Trainer:
         last_cpu = time.process_time()
         for step in range(st.step, (epoch + 1) * self.steps_per_epoch):
             rate = self.schedule(step)  # constant over the optimiser step's micro-batches
-            set_keep_rate(self.model, rate)
+            for sampler in self.samplers:  # vitpss.set_keep_rate, without walking the model every step
+                sampler.train_keep_rate = rate
             lr = max(group["lr"] for group in self.optimizer.param_groups)  # the unscaled LR under --layer-decay
             loss_sum, images, data_time, late_data_time, start = None, 0, 0.0, 0.0, None
             for micro in range(accum):
