@@ -39,12 +39,8 @@ with tempfile.TemporaryDirectory() as out:
     cfg = validate(TrainConfig(schedule="fixed", low=rate, high=1.0, epochs=2, workers=0, threads=1, quiet=True,
                                output=out, amp="off", augment="none"))
     torch.set_num_threads(1)
-    if hasattr(T, "ClassificationTask"):
-        trainer = T.Trainer(cfg, T.ClassificationTask(cfg))
-        run_epoch = trainer.train_epoch
-    else:
-        trainer = T.Trainer(cfg)
-        run_epoch = trainer.run_epoch
+    trainer = T.Trainer(cfg)
+    run_epoch = getattr(trainer, "train_epoch", None) or trainer.run_epoch  # before issue 15: run_epoch
     trainer.open_logs(resuming=False)
     run_epoch(0)  # fills the loader's cache of decoded images
     start, cpu = time.perf_counter(), time.process_time()

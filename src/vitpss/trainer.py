@@ -145,8 +145,9 @@ class PendingStep:
 class Trainer:
     """Holds the objects of one run; :meth:`run` is the epoch loop, :meth:`train_epoch` the steps. Built by :func:`train`."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, checkpoint: Optional[dict[str, Any]] = None) -> None:
-        self.task = task
+    def __init__(self, cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None,
+                 task: Optional[Task] = None) -> None:
+        self.task = task = task if task is not None else ClassificationTask(cfg)
         self.d, self.device = setup_distributed(cfg.device)
         enable_tf32(self.device)
         cfg = resolve_model_config(cfg)
@@ -505,7 +506,7 @@ def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None,
     with num_threads(cfg.threads):
         trainer = None
         try:
-            trainer = Trainer(cfg, task, checkpoint)
+            trainer = Trainer(cfg, checkpoint, task)
             trainer.open_logs(resuming=checkpoint is not None)
             if trainer.state.step >= trainer.schedule.total_steps:
                 if not (trainer.out / "summary.json").exists():  # killed after its last checkpoint
