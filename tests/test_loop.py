@@ -9,7 +9,8 @@ import traceback
 import pytest
 import torch
 
-from vitpss.config import TrainConfig, validate
+from vitpss.config import MaskConfig, TrainConfig, validate
+from vitpss.tasks import SimMIMTask
 from vitpss.trainer import Trainer, train
 
 TINY = dict(data="synthetic", synthetic_size=160, in_chans=1, img_size=16, patch_size=4, embed_dim=32, depth=2,
@@ -21,6 +22,7 @@ SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 @pytest.mark.parametrize("flags", [
     dict(sampler="gumbel-magnitude"),
     dict(sampler="random", mixup=0.8, ema_decay=0.9, clip_grad=1.0, drop_path=0.1, accum_steps=2),
+    dict(pretrain=True, schedule="none", global_pool=""),  # SimMIM: masks drawn on the device
 ])
 def test_no_host_sync_between_log_points(flags, tmp_path, monkeypatch):
     """Between two log points of an epoch, no step copies a tensor to the host."""
@@ -57,8 +59,10 @@ def test_no_host_sync_between_log_points(flags, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "write_log", logged)
     monkeypatch.setattr(Trainer, "train_epoch", epoch)
+    flags = dict(flags)
+    pretrain = flags.pop("pretrain", False)
     cfg = validate(TrainConfig(**{**TINY, **flags}, output=str(tmp_path / "run"), log_every=5))
-    train(cfg)
+    train(cfg, task=SimMIMTask(MaskConfig()) if pretrain else None)
     steps = 160 // 8 // cfg.accum_steps
     assert log_points[:steps // 5] == list(range(5, steps + 1, 5))
     assert seen == [], f"{len(seen)} host syncs between log points, first: {seen[0]}"
@@ -133,3 +137,20 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(13))
+
+
+def test_a_checkpoint_without_the_new_fields_still_resumes(tmp_path):
+    """Checkpoints of earlier versions lack accum_steps, log_every and the CPU/data-wait counters."""
+    from vitpss.checkpoint import atomic_save
+    from vitpss.cli import main
+
+    out = tmp_path / "run"
+    train(validate(TrainConfig(**TINY, output=str(out), max_steps=3, amp="off")))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    for key in ("accum_steps", "log_every"):
+        del ckpt["config"][key]
+    for key in ("train_cpu_time_s", "data_time_s"):
+        del ckpt["run_state"][key]
+    atomic_save(ckpt, out / "checkpoint.pt")
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 20
