@@ -27,7 +27,7 @@ def test_the_paper_recipes_are_all_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_config_loads_and_its_model_builds(path, capsys):
     if path.name.startswith("pretrain"):
-        cfg, mask = pretrain_config(argparse.Namespace(config=str(path)))
+        cfg, mask, _ = pretrain_config(argparse.Namespace(config=str(path)))
         assert 0 < mask.mask_ratio < 1
     else:
         cfg = validate(load_config(path))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from train_helpers import tiny_run
@@ -23,7 +24,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, accum_steps: int = 1) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -32,11 +33,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     cfg = validate(dataclasses.replace(
         TrainConfig(), data="synthetic", synthetic_size=32, in_chans=1, img_size=16, patch_size=4, embed_dim=32,
         depth=2, num_heads=2, batch_size=4, epochs=2, drop_path=0.1, output=os.path.join(out, "run"), quiet=True,
-        workers=0))
+        workers=0, accum_steps=accum_steps))
     trainer = Trainer(cfg)
     trainer.open_logs(resuming=False)
-    rates, on_step = [], trainer.on_step
-    trainer.on_step = lambda record, bar: rates.append(record["keep_rate"]) or on_step(record, bar)
+    rates, write_log = [], trainer.write_log
+    trainer.write_log = lambda: rates.extend(p.keep_rate for p in trainer.pending) or write_log()
     trainer.train_loader.sampler.set_epoch(0)
     shard = [i for i, _ in trainer.train_loader.sampler]
     trainer.run()
@@ -45,12 +46,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_cpu_processes_keep_identical_weights(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_two_cpu_processes_keep_identical_weights(tmp_path, accum_steps):
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), accum_steps), nprocs=2, join=True,
+                       start_method="fork")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
-    assert r0["rates"] == r1["rates"] and len(r0["rates"]) == 8 and len(set(r0["rates"])) > 1
+    assert r0["rates"] == r1["rates"] and len(r0["rates"]) == 8 // accum_steps and len(set(r0["rates"])) > 1
     assert not set(r0["shard"]) & set(r1["shard"]) and len(r0["shard"]) == len(r1["shard"]) == 16
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2

@@ -70,7 +70,7 @@ def test_plot_reconstructions_writes_a_figure(run_dir, tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--mask-ratio", "1.5"], "--mask-ratio=1.5 is out of range"),
     (["--mask-patch-size", "6"], "mask_patch_size=6 must be a multiple of the patch size"),
-    (["--resume", "x"], "cannot resume"),
+    (["--resume", "x"], "no checkpoint at x"),
 ])
 def test_bad_pretrain_settings_are_one_line_errors(flags, message, tmp_path, capsys):
     args = ["pretrain", "--data", "synthetic", "--synthetic-size", "16", "--img-size", "28", "--in-chans", "1",
@@ -114,3 +114,24 @@ def test_pretrained_weights_of_another_model_are_a_one_line_error(run_dir, tmp_p
     err = capsys.readouterr().err.strip()
     assert "pretrained weights do not fit VisionTransformer" in err and "missing from the file" in err
     assert len(err.splitlines()) == 1
+
+
+def test_pretrain_stopped_mid_epoch_resumes_with_the_same_losses_and_weights(run_dir, tmp_path):
+    part = tmp_path / "part"
+    args = ["pretrain", "--model", "vitpss_tiny_beit_mnist", "--data", "synthetic", "--synthetic-size", "48",
+            "--img-size", "28", "--in-chans", "1", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+            "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "0", "--quiet", "--mask-ratio", "0.5",
+            "--output", str(part)]
+    assert cli.main([*args, "--max-steps", "4"]) == 0
+    assert torch.load(part / "checkpoint.pt", weights_only=True)["step"] == 4  # mid-epoch 2
+    assert cli.main(["pretrain", "--resume", str(part), "--quiet"]) == 0
+    losses = [[(r["step"], r["loss"]) for r in map(json.loads, (d / "train_log.jsonl").read_text().splitlines())]
+              for d in (run_dir, part)]
+    assert losses[0] == losses[1]
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["model"] for d in (run_dir, part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrain_resume_refuses_new_mask_settings(run_dir, capsys):
+    assert cli.main(["pretrain", "--resume", str(run_dir), "--mask-ratio", "0.3"]) == 2
+    assert "--mask-ratio and --mask-patch-size cannot change when resuming" in capsys.readouterr().err

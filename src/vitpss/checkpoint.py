@@ -74,7 +74,11 @@ class JsonlWriter:
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.write_many([record])
+
+    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append ``records`` with one write and one flush."""
+        self.file.write("".join(json.dumps(record) + "\n" for record in records))
         self.file.flush()
 
     def close(self) -> None:
@@ -229,7 +233,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 RESUME_CANDIDATES = ("checkpoint.pt", "best.pt")
 
 
-def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None = None, *,
+                           checkpoint_format: str = CHECKPOINT_FORMAT) -> tuple[Path, dict[str, Any]]:
     """``(file, checkpoint)`` to resume from: ``path`` itself if a file, else the run directory's newest valid one.
 
     In a directory, the first valid file of :data:`RESUME_CANDIDATES` wins: ``best.pt`` is only
@@ -240,7 +245,7 @@ def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None 
     path = Path(path)
     if not path.is_dir():
         try:
-            return checkpoint_path(path), load_checkpoint(path)
+            return checkpoint_path(path), load_checkpoint(path, checkpoint_format=checkpoint_format)
         except UsageError as err:
             others = [path.parent / n for n in RESUME_CANDIDATES if (path.parent / n).is_file() and n != path.name]
             hint = f"; resume from the run directory ({path.parent}) to fall back to {others[0].name}" if others else ""
@@ -251,7 +256,7 @@ def find_resume_checkpoint(path: str | Path, warn: Callable[[str], None] | None 
         if not candidate.is_file():
             continue
         try:
-            found.append((candidate, load_checkpoint(candidate)))
+            found.append((candidate, load_checkpoint(candidate, checkpoint_format=checkpoint_format)))
             break
         except UsageError as err:
             problems.append(str(err))

@@ -83,7 +83,10 @@ class TrainConfig:
     cutmix: float = _opt(0.0, "CutMix alpha (0 = off)")
     ema_decay: float = _opt(0.0, "model EMA decay, e.g. 0.999 (0 = off)")
     clip_grad: float = _opt(0.0, "gradient norm clipping (0 = off)")
-    amp: str = _opt("off", "mixed precision: off, auto, bf16, fp16 (--amp alone = auto)", const="auto")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA where supported, else fp16; off on CPU), off, bf16, "
+                            "fp16 (--amp alone = auto; saved resolved, so a resume keeps the precision)", const="auto")
+    accum_steps: int = _opt(1, "gradient accumulation: micro-batches of --batch-size per optimiser step (the "
+                               "schedule and the LR advance per optimiser step)")
     # Patch sampling schedule.
     # Defaults chosen by benchmarks/recipe_study.py over CIFAR-10 and mnist5k settings (docs/benchmarks.md).
     schedule: str = _opt("cosine", "keep-rate schedule: " + ", ".join(SCHEDULES))
@@ -105,11 +108,13 @@ class TrainConfig:
     max_steps: int | None = _opt(None, "stop (with a checkpoint) after this global step, as if interrupted")
     compile: bool = _opt(False, "wrap the model with torch.compile")
     quiet: bool = _opt(False, "no progress bar")
+    log_every: int = _opt(50, "write train_log.jsonl every N steps (one device-to-host transfer per N steps; "
+                              "also at every checkpoint)")
 
 
 #: Fields a resumed run may change (they do not alter the computation); all others come from the checkpoint.
 RESUME_OVERRIDABLE = frozenset({"resume", "device", "threads", "workers", "save_every_steps", "max_steps", "quiet", "output", "data", "data_root",
-                                "on_bad_image"})
+                                "on_bad_image", "log_every"})
 
 
 def field_names() -> list[str]:
@@ -227,6 +232,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
     "clip_grad": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "save_every_steps": (lambda v: v >= 0, ">= 0"),
+    "accum_steps": (lambda v: v >= 1, ">= 1"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
     "max_steps": (lambda v: v >= 1, ">= 1"),
 }
 

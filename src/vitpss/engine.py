@@ -1,24 +1,20 @@
-"""The loops: one training epoch and one evaluation pass. No files; logging goes through a hook.
+"""Pieces of the loops: the evaluation pass, cross-process sums, step timing, the non-finite-loss error.
 
-Per training step ``t`` (global): ``rate = schedule(t)``; ``vitpss.set_keep_rate(model, rate)``
-right before the forward; the record of that step logs the same ``rate``.
+The training loop itself is :meth:`vitpss.trainer.Trainer.train_epoch`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from timm.utils import unwrap_model
 from torch import nn
 
-from .patching import set_keep_rate, token_count
 from .patching import keep_rate as keep_rate_context
-from .timing import sync
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,85 +36,29 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    *,
-    schedule: Callable[[int], float],
-    epoch: int,
-    start_step: int,
-    device: torch.device,
-    loss_fn: nn.Module,
-    lr_scheduler: Any = None,
-    mixup_fn: Optional[Callable] = None,
-    scaler: Optional[torch.amp.GradScaler] = None,
-    amp_dtype: Optional[torch.dtype] = None,
-    ema: Any = None,
-    clip_grad: float = 0.0,
-    on_step: Optional[Callable[[dict[str, Any]], bool]] = None,
-) -> dict[str, Any]:
-    """Train over ``loader`` from global step ``start_step``; returns ``{steps, images, loss, time, stopped, step}``.
+class StepTimer:
+    """Compute time of steps without a per-step ``synchronize``: CUDA events on CUDA, the host clock elsewhere.
 
-    ``model`` may be wrapped (DDP, torch.compile). ``lr_scheduler`` is a timm scheduler stepped per
-    update (``step_update``); ``ema`` a timm ``ModelEmaV3``. After every step ``on_step(record)``
-    receives ``{step, epoch, keep_rate, tokens, loss, lr, step_time, data_time, images}`` (``loss``
-    averaged over processes, ``step_time`` the synchronised compute time, ``images`` over all
-    processes) and returns True to stop.
-    Raises :class:`NonFiniteLossError` before updating the weights with a NaN/inf loss.
+    :meth:`mark` returns a time stamp (an event recorded on the current stream on CUDA);
+    :meth:`seconds` turns ``(start, end)`` pairs into seconds, waiting once for the last event.
     """
-    core = unwrap_model(model)
-    world = dist.get_world_size() if _distributed() else 1
-    model.train()
-    step, images, loss_sum, stopped = start_step, 0, 0.0, False
-    start = end = time.perf_counter()
-    for x, y in loader:
-        data_time = time.perf_counter() - end
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
-        rate = schedule(step)
-        set_keep_rate(core, rate)
-        sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(x), y)
-        loss_value = all_reduce_sum(loss.detach().float().clone()).item() / world
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(step, loss_value)
-        lr = max(group["lr"] for group in optimizer.param_groups)  # the unscaled LR under --layer-decay
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-        if lr_scheduler is not None:
-            lr_scheduler.step_update(step + 1)
-        if ema is not None:
-            ema.update(core, step=step)
-        sync(device)
-        record = {"step": step, "epoch": epoch, "keep_rate": rate, "tokens": token_count(core, rate),
-                  "loss": loss_value, "lr": lr, "step_time": time.perf_counter() - t0, "data_time": data_time,
-                  "images": x.shape[0] * world}
-        step += 1
-        images += record["images"]
-        loss_sum += loss_value
-        if on_step is not None and on_step(record):
-            stopped = True
-        end = time.perf_counter()
-        if stopped:
-            break
-    steps = step - start_step
-    return {"steps": steps, "images": images, "loss": loss_sum / max(steps, 1),
-            "time": time.perf_counter() - start, "stopped": stopped, "step": step}
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, spans: list[tuple[Any, Any]]) -> list[float]:
+        if not self.cuda:
+            return [end - start for start, end in spans]
+        if spans:
+            spans[-1][1].synchronize()
+        return [start.elapsed_time(end) / 1e3 for start, end in spans]
 
 
 @torch.no_grad()

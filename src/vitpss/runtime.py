@@ -62,17 +62,35 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return d, device
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``--amp auto`` made concrete for ``device``: bf16 on CUDA where supported, else fp16; off on CPU.
+
+    Runs save the resolved value, so resuming on other hardware cannot switch the precision.
+    """
+    if amp != "auto":
+        return amp
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def amp_settings(amp: str, device: torch.device) -> tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
-    """Autocast dtype and (fp16 only) a GradScaler for ``--amp``."""
+    """Autocast dtype and (fp16 only) a GradScaler for ``--amp`` (``auto``: see :func:`resolve_amp`)."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return None, None
-    if amp == "auto":
-        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
     if amp == "fp16":
         if device.type != "cuda":
             raise UsageError("--amp fp16 needs CUDA: use --amp bf16 on CPU")
         return torch.float16, torch.amp.GradScaler("cuda")
     return torch.bfloat16, None
+
+
+def enable_tf32(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA (what timm's and nanoGPT's training scripts set); no-op on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 #: Most graphs ``--compile`` allows (one per distinct keep rate); beyond, torch's recompile limit applies.

@@ -1,26 +1,28 @@
-"""Supervised training with a patch sampling schedule: :class:`Trainer` and :func:`train`.
+"""The training driver of ``vitpss train`` and ``vitpss pretrain``: :class:`Trainer` and :func:`train`.
 
 The job, top to bottom (:func:`train`): resolve the config, set up data-parallel processes (under
-``torchrun``), build data, model (timm + :func:`vitpss.attach`), AdamW, per-step cosine LR with
-warm-up, optional Mixup/CutMix, EMA and AMP; restore a checkpoint when resuming; then per epoch:
-:func:`vitpss.engine.train_one_epoch` (keep rate = ``schedule(global step)``), evaluation at all
-patches, logs and checkpoints; finally ``summary.json``. Process set-up lives in
-:mod:`vitpss.runtime`, model building in :mod:`vitpss.models`, the command line in ``commands/train.py``.
+``torchrun``), build data and the task's model (:mod:`vitpss.tasks`: classification, or SimMIM),
+AdamW, a cosine LR per optimiser step with warm-up, EMA and AMP; restore a checkpoint when
+resuming; then per epoch :meth:`Trainer.train_epoch` (one step, read top to bottom: keep rate =
+``schedule(global step)``, forward/backward over ``accum_steps`` micro-batches, optimiser, LR, EMA),
+validation, logs and checkpoints; finally ``summary.json``. Losses stay on the device: every
+``log_every`` steps (and before every checkpoint) one transfer writes the pending records and
+checks them for NaN/inf. Process set-up lives in :mod:`vitpss.runtime`, the command lines in ``commands/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -33,31 +35,38 @@ from .checkpoint import (
     truncate_jsonl,
 )
 from .config import (
-    RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, load_config, schedule_from_config, validate,
+    RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, read_yaml, schedule_from_config, validate,
 )
 from .data import build_datasets, build_loader
-from .engine import NonFiniteLossError, evaluate, train_one_epoch
+from .engine import NonFiniteLossError, StepTimer, all_reduce_sum
 from .errors import UsageError
-from .flops import FlopModel
-from .timing import time_vs_all_patches
-from .models import build_model, resolve_model_config
+from .models import resolve_model_config
 from .optim import create_adamw
+from .patching import patch_samplers, token_count
+from .timing import time_vs_all_patches
 from .runtime import (
-    Dist, amp_settings, compile_for_schedule, num_threads, prepare_output, seed_everything, setup_distributed,
+    Dist, amp_settings, compile_for_schedule, enable_tf32, num_threads, prepare_output, resolve_amp, seed_everything,
+    setup_distributed,
 )
+from .tasks import ClassificationTask, Task
 from .weights import load_pretrained
 
 __all__ = ["RunState", "Trainer", "resume_config", "train"]
 
+#: Share of training time spent waiting for data above which a run warns (once).
+DATA_WAIT_WARNING = 0.10
 
-def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Optional[dict[str, Any]], Path]:
+
+def resume_config(resume: str, overrides: dict[str, Any], *, checkpoint_format: str = CHECKPOINT_FORMAT,
+                  task_keys: Sequence[str] = ()) -> tuple[TrainConfig, Optional[dict[str, Any]], Path]:
     """The config of the run to resume (from its checkpoint) with run-control ``overrides`` applied.
 
     Only :data:`~vitpss.config.RESUME_OVERRIDABLE` fields may differ; ``max_steps`` is not
     inherited. The output directory defaults to the checkpoint's directory. A run directory
     resumes from its newest valid checkpoint; damaged ones are named on stderr (rank 0). A run
     directory without any checkpoint yet (killed during its first step) restarts from step 0 with
-    its ``config.yaml``; the checkpoint returned is then None.
+    its ``config.yaml``; the checkpoint returned is then None. ``task_keys``: keys of a task's own
+    section of ``config.yaml`` (e.g. SimMIM's mask), skipped here.
     """
     main_rank = os.environ.get("RANK", "0") == "0"
     warn = (lambda message: print(f"vitpss: warning: {message}", file=sys.stderr, flush=True)) if main_rank else None
@@ -68,11 +77,15 @@ def resume_config(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, 
     if (directory.is_dir() and (directory / "config.yaml").is_file()
             and not any((directory / name).is_file() for name in RESUME_CANDIDATES)):
         path = directory / "config.yaml"
-        saved = config_to_dict(load_config(path))
+        values = {k: v for k, v in read_yaml(path).items() if k not in task_keys}
+        saved = config_to_dict(from_dict(values, source=str(path)))
         if main_rank:
             print(f"no checkpoint in {directory} yet: restarting the run from step 0 with {path}", flush=True)
     else:
-        path, ckpt = find_resume_checkpoint(resume, warn)
+        path, ckpt = find_resume_checkpoint(resume, warn, checkpoint_format=checkpoint_format)
+        if "run_state" not in ckpt:
+            raise UsageError(f"{path} was written by a vitpss version whose pre-training could not resume: "
+                             f"start the run again")
         saved = ckpt["config"]
         if main_rank:
             print(f"resuming from {path} (step {ckpt['step']})", flush=True)
@@ -101,7 +114,7 @@ def _progress_enabled(cfg: TrainConfig, d: Dist) -> bool:
 class RunState:
     """Counters carried across epochs and checkpoints."""
 
-    step: int = 0
+    step: int = 0  # optimiser steps done
     best_acc1: float = -1.0
     best_epoch: int = -1
     train_time_s: float = 0.0  # steps and data waits only
@@ -110,22 +123,44 @@ class RunState:
     epoch_time_s: float = 0.0  # training time of the current, unfinished epoch
     images: int = 0
     last_val: Optional[dict[str, float]] = None
+    train_cpu_time_s: float = 0.0  # CPU time of the steps and their data waits
+    data_time_s: float = 0.0  # time waiting for data (part of train_time_s)
+
+
+@dataclasses.dataclass
+class PendingStep:
+    """A step done but not yet logged: its loss is still a device tensor, its time a pair of marks."""
+
+    step: int
+    epoch: int
+    keep_rate: float
+    tokens: int
+    loss: torch.Tensor
+    lr: float
+    span: tuple[Any, Any]  # StepTimer marks around the compute
+    data_time: float  # waiting for the step's batches
+    late_data_time: float  # the part of data_time inside span (micro-batches after the first)
+    cpu_time: float
+    images: int
 
 
 class Trainer:
-    """Holds the objects of one run; :meth:`run` is the epoch loop. Built by :func:`train`."""
+    """Holds the objects of one run; :meth:`run` is the epoch loop, :meth:`train_epoch` the steps. Built by :func:`train`."""
 
-    def __init__(self, cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None,
+                 task: Optional[Task] = None) -> None:
+        self.task = task = task if task is not None else ClassificationTask(cfg)
         self.d, self.device = setup_distributed(cfg.device)
+        enable_tf32(self.device)
         cfg = resolve_model_config(cfg)
         train_ds, val_ds, num_classes, _, _ = build_datasets(cfg)
-        self.cfg = cfg = dataclasses.replace(cfg, num_classes=num_classes)
+        self.cfg = cfg = dataclasses.replace(task.resolve(cfg, num_classes), amp=resolve_amp(cfg.amp, self.device))
         self.amp_dtype, self.scaler = amp_settings(cfg.amp, self.device)
         seed_everything(cfg.seed)
         self.generator = None
-        if cfg.sampler == "random":
+        if cfg.sampler == "random" or task.command == "pretrain":  # SimMIM draws its masks from it
             self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.d.rank)
-        self.model = build_model(cfg, self.generator).to(self.device)
+        self.model = task.build_model(cfg, self.generator).to(self.device)
         if cfg.pretrained and checkpoint is None:  # a resumed run restores its own weights
             report = load_pretrained(self.model, cfg.pretrained)
             if self.d.main:
@@ -135,19 +170,15 @@ class Trainer:
                                          device=self.device)
         self.val_loader = build_loader(val_ds, cfg, False, rank=self.d.rank, world_size=self.d.world_size,
                                        device=self.device)
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = len(self.train_loader) // cfg.accum_steps  # optimiser steps
+        if self.steps_per_epoch == 0:
+            raise UsageError(f"--accum-steps={cfg.accum_steps} exceeds the {len(self.train_loader)} batches of an "
+                             f"epoch: lower --accum-steps or --batch-size")
         self.schedule = schedule_from_config(cfg, self.steps_per_epoch)
         self.optimizer = create_adamw(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,
             warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch), warmup_lr_init=min(1e-6, cfg.lr), t_in_epochs=False)
-        self.mixup_fn = None
-        if cfg.mixup > 0 or cfg.cutmix > 0:
-            self.mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                                  num_classes=num_classes)
-            self.loss_fn: nn.Module = SoftTargetCrossEntropy()
-        else:
-            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = RunState()
         if checkpoint is not None:
@@ -157,11 +188,184 @@ class Trainer:
         self.cpu_origin = time.process_time() - self.state.cpu_time_s
         self.out = prepare_output(cfg, self.d, resuming=checkpoint is not None)
         self.net: nn.Module = self.model
+        self.ddp: Optional[nn.parallel.DistributedDataParallel] = None
         if self.d.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net = self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.net = compile_for_schedule(self.net, self.schedule, warn=self.d.main)
+        self.timer = StepTimer(self.device)
+        self.samplers = patch_samplers(self.model)
+        self.pending: list[PendingStep] = []
+        self.epoch_losses: list[float] = []
+        self.tokens: dict[float, int] = {}
+        self.warned_data_wait = False
+        self.bar: Optional[tqdm] = None
+
+    # ---- one epoch of steps
+
+    def train_epoch(self, epoch: int) -> bool:
+        """Train from the current step to the end of ``epoch``; True when stopped early by --max-steps."""
+        cfg, st, accum = self.cfg, self.state, self.cfg.accum_steps
+        skip = st.step - epoch * self.steps_per_epoch
+        self.train_loader.sampler.set_epoch(epoch, skip * accum * cfg.batch_size)
+        if skip == 0:
+            st.epoch_time_s = 0.0
+        self.epoch_losses = []
+        self.net.train()
+        batches = iter(self.train_loader)
+        last_cpu = time.process_time()
+        for step in range(st.step, (epoch + 1) * self.steps_per_epoch):
+            rate = self.schedule(step)  # constant over the optimiser step's micro-batches
+            for sampler in self.samplers:  # vitpss.set_keep_rate, without walking the model every step
+                sampler.train_keep_rate = rate
+            lr = max(group["lr"] for group in self.optimizer.param_groups)  # the unscaled LR under --layer-decay
+            loss_sum, images, data_time, late_data_time, start = None, 0, 0.0, 0.0, None
+            for micro in range(accum):
+                wait = time.perf_counter()
+                x, y = next(batches)
+                waited = time.perf_counter() - wait
+                data_time += waited
+                if start is None:
+                    start = self.timer.mark()
+                else:
+                    late_data_time += waited
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with self.gradient_sync(micro == accum - 1):
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        loss = self.task.loss(self.net, x, y)
+                    self.backward(loss / accum if accum > 1 else loss)
+                loss = loss.detach()
+                loss_sum = loss if loss_sum is None else loss_sum + loss
+                images += x.shape[0]
+            self.optimizer_step()
+            self.lr_scheduler.step_update(step + 1)
+            if self.ema is not None:
+                self.ema.update(self.model, step=step)
+            end = self.timer.mark()
+            cpu = time.process_time()
+            self.pending.append(PendingStep(
+                step=step, epoch=epoch, keep_rate=rate, tokens=self.token_count(rate),
+                loss=loss_sum / accum if accum > 1 else loss_sum, lr=lr, span=(start, end), data_time=data_time,
+                late_data_time=late_data_time, cpu_time=cpu - last_cpu, images=images * self.d.world_size))
+            st.step = step + 1
+            if self.bar is not None:
+                self.bar.update()
+            stop = cfg.max_steps is not None and st.step >= cfg.max_steps
+            epoch_end = st.step % self.steps_per_epoch == 0
+            if stop or epoch_end or st.step % cfg.log_every == 0:
+                self.write_log()
+            # At an epoch end, end_epoch() evaluates first, then saves: a checkpoint written here, before the
+            # evaluation, would let a crash in between skip that epoch's evaluation on resume.
+            if not epoch_end and (stop or (cfg.save_every_steps and st.step % cfg.save_every_steps == 0)):
+                self.save()
+            if stop and not epoch_end:
+                return True
+            last_cpu = time.process_time()  # logging and saving are not steps
+        return False
+
+    def gradient_sync(self, final_micro_step: bool):
+        """DDP's ``no_sync`` on micro-steps before the last of an optimiser step (gradients all-reduce once)."""
+        if self.ddp is None or final_micro_step:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def optimizer_step(self) -> None:
+        """Clip, step (fp16: the scaler skips a step with inf/NaN gradients, as in timm), zero the gradients."""
+        clip = self.cfg.clip_grad
+        if self.scaler is not None:
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def token_count(self, rate: float) -> int:
+        if rate not in self.tokens:
+            self.tokens[rate] = token_count(self.model, rate)
+        return self.tokens[rate]
+
+    # ---- logs
+
+    def write_log(self) -> None:
+        """A log point: one transfer for the pending steps, their records, the NaN/inf check.
+
+        Raises NonFiniteLossError naming the first step with a NaN/inf loss (not under fp16, where
+        the scaler skips such steps); the records before it are written.
+        """
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        losses = all_reduce_sum(torch.stack([p.loss for p in pending]).float())
+        values = [loss / self.d.world_size for loss in losses.tolist()]
+        step_times = self.timer.seconds([p.span for p in pending])
+        records, st = [], self.state
+        for p, loss, step_time in zip(pending, values, step_times):
+            if not math.isfinite(loss) and self.scaler is None:
+                self.write_records(records)
+                raise NonFiniteLossError(p.step, loss)
+            step_time = max(step_time - p.late_data_time, 0.0)
+            records.append({"step": p.step, "epoch": p.epoch, "keep_rate": p.keep_rate, "tokens": p.tokens,
+                            "loss": loss, "lr": p.lr, "step_time": step_time, "data_time": p.data_time,
+                            "images": p.images, "cpu_time": p.cpu_time})
+            st.train_time_s += step_time + p.data_time
+            st.epoch_time_s += step_time + p.data_time
+            st.data_time_s += p.data_time
+            st.train_cpu_time_s += p.cpu_time
+            st.images += p.images
+            self.epoch_losses.append(loss)
+        self.write_records(records)
+
+    def write_records(self, records: list[dict[str, Any]]) -> None:
+        if self.train_log is not None and records:
+            self.train_log.write_many(records)
+        if self.bar is not None and records:
+            last = records[-1]
+            ips = last["images"] / max(last["step_time"] + last["data_time"], 1e-9)
+            self.bar.set_postfix(loss=f"{last['loss']:.3f}", keep=f"{last['keep_rate']:.2f}", img_s=f"{ips:.0f}",
+                                 refresh=False)
+
+    def open_logs(self, resuming: bool) -> None:
+        self.train_log = self.val_log = None
+        if not self.d.main:
+            return
+        atomic_write_text(self.out / "config.yaml", dump_yaml(self.cfg) + self.task.config_text())
+        if resuming:  # drop records past the checkpoint (written after it, before the interruption)
+            step, epoch = self.state.step, self.state.step // self.steps_per_epoch
+            truncate_jsonl(self.out / "train_log.jsonl", lambda r: r.get("step", -1) < step)
+            truncate_jsonl(self.out / "val_log.jsonl", lambda r: r.get("epoch", -1) < epoch)
+            st, source = self.state, Path(self.cfg.resume or "")
+            if (self.cfg.resume and st.best_epoch >= 0 and step == (st.best_epoch + 1) * self.steps_per_epoch
+                    and source.name != "best.pt"):
+                atomic_copy(source, self.out / "best.pt")  # redo the copy to best.pt that a crash may have cut
+        self.train_log = JsonlWriter(self.out / "train_log.jsonl")
+        self.val_log = JsonlWriter(self.out / "val_log.jsonl")
+
+    def close_logs(self) -> None:
+        for log in (self.train_log, self.val_log):
+            if log is not None:
+                log.close()
+
+    def warn_if_data_bound(self) -> None:
+        """Warn once (stderr, rank 0) when waiting for data takes over DATA_WAIT_WARNING of the training time."""
+        share = self.state.data_time_s / max(self.state.train_time_s, 1e-9)
+        if self.warned_data_wait or share <= DATA_WAIT_WARNING or not self.d.main:
+            return
+        self.warned_data_wait = True
+        print(f"vitpss: warning: {share:.0%} of the training time waited for data: the loader cannot keep up; "
+              f"raise --workers, keep the data in memory (--in-memory on) or lighten --augment", file=sys.stderr,
+              flush=True)
 
     # ---- checkpoints
 
@@ -186,7 +390,11 @@ class Trainer:
         set_rng_state(ckpt["rng"][self.d.rank], self.generator)
 
     def save(self, name: str = "checkpoint.pt") -> Optional[Path]:
-        """Write the full state (every rank takes part: RNG states are gathered to rank 0)."""
+        """Write the full state (every rank takes part: RNG states are gathered to rank 0).
+
+        The pending steps are logged first, so no checkpoint holds weights updated by a NaN/inf loss.
+        """
+        self.write_log()
         self.update_clocks()
         states = [rng_state(self.generator)]
         if self.d.world_size > 1:
@@ -195,14 +403,14 @@ class Trainer:
         if not self.d.main:
             return None
         ckpt = {
-            "format": CHECKPOINT_FORMAT, "vitpss_version": __version__, "config": config_to_dict(self.cfg),
+            "format": self.task.checkpoint_format, "vitpss_version": __version__, "config": config_to_dict(self.cfg),
             "step": self.state.step, "epoch": self.state.step // self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch, "world_size": self.d.world_size,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "run_state": dataclasses.asdict(self.state), "rng": states,
+            "run_state": dataclasses.asdict(self.state), "rng": states, **self.task.checkpoint_fields(),
         }
         path = self.out / name
         atomic_save(ckpt, path)
@@ -212,112 +420,54 @@ class Trainer:
         self.state.wall_time_s = time.perf_counter() - self.wall_origin
         self.state.cpu_time_s = time.process_time() - self.cpu_origin
 
-    # ---- logs
+    # ---- epochs
 
-    def open_logs(self, resuming: bool) -> None:
-        self.train_log = self.val_log = None
-        if not self.d.main:
-            return
-        atomic_write_text(self.out / "config.yaml", dump_yaml(self.cfg))
-        if resuming:  # drop records past the checkpoint (written after it, before the interruption)
-            step, epoch = self.state.step, self.state.step // self.steps_per_epoch
-            truncate_jsonl(self.out / "train_log.jsonl", lambda r: r.get("step", -1) < step)
-            truncate_jsonl(self.out / "val_log.jsonl", lambda r: r.get("epoch", -1) < epoch)
-            st, source = self.state, Path(self.cfg.resume or "")
-            if (self.cfg.resume and st.best_epoch >= 0 and step == (st.best_epoch + 1) * self.steps_per_epoch
-                    and source.name != "best.pt"):
-                atomic_copy(source, self.out / "best.pt")  # redo the copy to best.pt that a crash may have cut
-        self.train_log = JsonlWriter(self.out / "train_log.jsonl")
-        self.val_log = JsonlWriter(self.out / "val_log.jsonl")
-
-    def close_logs(self) -> None:
-        for log in (self.train_log, self.val_log):
-            if log is not None:
-                log.close()
-
-    # ---- loop
-
-    def on_step(self, record: dict[str, Any], bar: Optional[tqdm]) -> bool:
-        """Log one step; write mid-epoch checkpoints; True when --max-steps is reached."""
-        st, cfg = self.state, self.cfg
-        st.step = record["step"] + 1
-        st.train_time_s += record["step_time"] + record["data_time"]
-        st.epoch_time_s += record["step_time"] + record["data_time"]
-        st.images += record["images"]
-        if self.train_log is not None:
-            self.train_log.write(record)
-        if bar is not None:
-            ips = cfg.batch_size * self.d.world_size / max(record["step_time"] + record["data_time"], 1e-9)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", keep=f"{record['keep_rate']:.2f}", img_s=f"{ips:.0f}",
-                            refresh=False)
-            bar.update()
-        stop = cfg.max_steps is not None and st.step >= cfg.max_steps
-        epoch_end = st.step % self.steps_per_epoch == 0
-        # At an epoch end, end_epoch() evaluates first, then saves: a checkpoint written here, before the
-        # evaluation, would let a crash in between skip that epoch's evaluation on resume.
-        if not epoch_end and (stop or (cfg.save_every_steps and st.step % cfg.save_every_steps == 0)):
-            self.save()
-        return stop and not epoch_end
-
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
-        skip = self.state.step - epoch * self.steps_per_epoch
-        self.train_loader.sampler.set_epoch(epoch, skip * self.cfg.batch_size)
-        if skip == 0:
-            self.state.epoch_time_s = 0.0
-        bar = None
-        if _progress_enabled(self.cfg, self.d):
-            bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                       leave=False, dynamic_ncols=True)
-        try:
-            return train_one_epoch(
-                self.net, self.train_loader, self.optimizer, schedule=self.schedule, epoch=epoch,
-                start_step=self.state.step, device=self.device, loss_fn=self.loss_fn, lr_scheduler=self.lr_scheduler,
-                mixup_fn=self.mixup_fn, scaler=self.scaler, amp_dtype=self.amp_dtype, ema=self.ema,
-                clip_grad=self.cfg.clip_grad, on_step=lambda r: self.on_step(r, bar))
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def end_epoch(self, epoch: int, result: dict[str, Any]) -> None:
-        """Evaluate at all patches (and the EMA), log, write checkpoint.pt and best.pt."""
+    def end_epoch(self, epoch: int) -> None:
+        """Validate (the task's way), log, write checkpoint.pt and (if the task scores) best.pt."""
         st = self.state
-        val = evaluate(self.model, self.val_loader, self.device, amp_dtype=self.amp_dtype)
-        record = {"epoch": epoch, "acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"],
+        record = {"epoch": epoch, **self.task.validate(self.model, self.ema.module if self.ema is not None else None,
+                                                       self.val_loader, self.device, self.amp_dtype),
                   "epoch_time": st.epoch_time_s}
-        if self.ema is not None:
-            ema_val = evaluate(self.ema.module, self.val_loader, self.device, amp_dtype=self.amp_dtype)
-            record.update(ema_acc1=ema_val["acc1"], ema_acc5=ema_val["acc5"], ema_loss=ema_val["loss"])
         st.last_val = record
-        is_best = val["acc1"] > st.best_acc1
+        score = self.task.score(record)
+        is_best = score is not None and score > st.best_acc1
         if is_best:
-            st.best_acc1, st.best_epoch = val["acc1"], epoch
+            st.best_acc1, st.best_epoch = score, epoch
         if self.val_log is not None:
             self.val_log.write(record)
         path = self.save()
         if is_best and path is not None:
             atomic_copy(path, self.out / "best.pt")
         if self.d.main:
-            ema = f"  ema acc1 {record['ema_acc1']:.2f}" if self.ema is not None else ""
-            print(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {result['loss']:.4f}  acc1 {val['acc1']:.2f}  "
-                  f"acc5 {val['acc5']:.2f}{ema}  ({st.epoch_time_s:.1f} s)", flush=True)
+            loss = sum(self.epoch_losses) / max(len(self.epoch_losses), 1)
+            print(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {loss:.4f}  {self.task.epoch_line(record)}  "
+                  f"({st.epoch_time_s:.1f} s)", flush=True)
+        self.warn_if_data_bound()
 
     def run(self) -> Optional[dict[str, Any]]:
         """Train to the end (or --max-steps); returns the summary, or None when stopped early."""
         start_epoch = self.state.step // self.steps_per_epoch
         for epoch in range(start_epoch, self.cfg.epochs):
+            if self.d.main and not self.cfg.quiet and sys.stderr.isatty():
+                self.bar = tqdm(total=self.steps_per_epoch, initial=self.state.step - epoch * self.steps_per_epoch,
+                                desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
             try:
-                result = self.run_epoch(epoch)
+                stopped = self.train_epoch(epoch)
             except NonFiniteLossError as err:
                 last = self.out / "checkpoint.pt"
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
                 raise NonFiniteLossError(err.step, err.loss, f"(epoch {epoch + 1}): training stopped, {kept}; "
                                          f"try a lower --lr or --clip-grad 1") from None
-            if not result["stopped"]:
-                self.end_epoch(epoch, result)
+            finally:
+                if self.bar is not None:
+                    self.bar.close()
+                    self.bar = None
+            if not stopped:
+                self.end_epoch(epoch)
             if self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps:
                 if self.d.main:
                     print(f"stopped at step {self.state.step} (--max-steps); continue with: "
-                          f"vitpss train --resume {self.out}", flush=True)
+                          f"vitpss {self.task.command} --resume {self.out}", flush=True)
                 return None
         return self.finish()
 
@@ -327,47 +477,43 @@ class Trainer:
             return None
         st = self.state
         self.update_clocks()
-        with torch.random.fork_rng(devices=[]):
-            fraction = FlopModel(self.model).compute_fraction(self.schedule.rates())
-        last = st.last_val or {}
         summary = {
-            "acc1": last.get("acc1"), "acc5": last.get("acc5"), "best_acc1": st.best_acc1,
-            "best_epoch": st.best_epoch, "train_time_s": st.train_time_s, "wall_time_s": st.wall_time_s,
-            "cpu_time_s": st.cpu_time_s,
-            "images_per_s": st.images / max(st.train_time_s, 1e-9), "schedule": self.cfg.schedule,
-            "sampler": self.cfg.sampler, "epochs": self.cfg.epochs, "steps": self.schedule.total_steps,
-            "compute_fraction": fraction, "mean_keep_rate": self.schedule.mean_keep_rate(),
-            "model": self.cfg.model, "data": self.cfg.data, "world_size": self.d.world_size,
-            "device": str(self.device),
+            **self.task.summary(st.last_val or {}), "train_time_s": st.train_time_s, "wall_time_s": st.wall_time_s,
+            "cpu_time_s": st.cpu_time_s, "train_cpu_time_s": st.train_cpu_time_s,
+            "data_wait_share": st.data_time_s / max(st.train_time_s, 1e-9),
+            "images_per_s": st.images / max(st.train_time_s, 1e-9), "epochs": self.cfg.epochs,
+            "steps": self.schedule.total_steps, "model": self.cfg.model, "data": self.cfg.data,
+            "world_size": self.d.world_size, "device": str(self.device), "amp": self.cfg.amp,
+            "accum_steps": self.cfg.accum_steps,
         }
-        if "ema_acc1" in last:
-            summary["ema_acc1"] = last["ema_acc1"]
+        summary.update(self.task.summary_extras(st, self.model, self.schedule))
         summary.update(time_vs_all_patches(read_jsonl(self.out / "train_log.jsonl")))
         atomic_write_json(self.out / "summary.json", summary)
-        print(f"acc1 {summary['acc1']:.2f}  best acc1 {st.best_acc1:.2f} (epoch {st.best_epoch + 1})  "
-              f"training time {st.train_time_s:.1f} s  compute fraction {fraction:.3f}", flush=True)
         if "time_vs_all_patches" in summary:
             print(f"time vs all patches: {summary['time_vs_all_patches']:.2f}x (measured in this run: median step "
                   f"{1000 * summary['full_step_time_s']:.1f} ms at keep rate 1 over {summary['full_steps']} steps, "
                   f"weighted against each keep rate's median step)", flush=True)
-        print(f"run directory: {self.out}", flush=True)
+        print(self.task.report(summary, self.out), flush=True)
         return summary
 
 
-def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
-    """Run a whole training job (the Python form of ``vitpss train``); returns the summary dict.
+def train(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]] = None,
+          task: Optional[Task] = None) -> Optional[dict[str, Any]]:
+    """Run a whole job (the Python form of ``vitpss train``; ``task`` = SimMIMTask for ``vitpss pretrain``).
 
     ``cfg`` must be validated (:func:`vitpss.config.validate`). To resume, pass the loaded
-    ``checkpoint`` (see :func:`resume_config`). Returns None on non-zero ranks and when stopped by
-    ``max_steps``. Raises UsageError for bad input and NonFiniteLossError for a NaN/inf loss.
+    ``checkpoint`` (see :func:`resume_config`). Returns the summary dict; None on non-zero ranks
+    and when stopped by ``max_steps``. Raises UsageError for bad input and NonFiniteLossError for a
+    NaN/inf loss.
     """
+    task = task if task is not None else ClassificationTask(cfg)
     if cfg.resume and checkpoint is None:
-        cfg, checkpoint, _ = resume_config(cfg.resume, {})
+        cfg, checkpoint, _ = resume_config(cfg.resume, {}, checkpoint_format=task.checkpoint_format)
     owns_group = not (dist.is_available() and dist.is_initialized())
     with num_threads(cfg.threads):
         trainer = None
         try:
-            trainer = Trainer(cfg, checkpoint)
+            trainer = Trainer(cfg, checkpoint, task)
             trainer.open_logs(resuming=checkpoint is not None)
             if trainer.state.step >= trainer.schedule.total_steps:
                 if not (trainer.out / "summary.json").exists():  # killed after its last checkpoint

@@ -1,3 +1,3 @@
 """Fixtures of the reliability suite (defined in reliability_helpers.py, which the tests import)."""
 
-from reliability_helpers import reference_run  # noqa: F401  (a session fixture)
+from reliability_helpers import pretrain_reference, reference_run  # noqa: F401  (session fixtures)

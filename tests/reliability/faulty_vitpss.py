@@ -1,4 +1,4 @@
-"""Run ``vitpss`` with one fault injected: SIGKILL at a chosen point of a training run.
+"""Run ``vitpss`` with one fault injected: SIGKILL at a chosen point of a training or pre-training run.
 
 Test-only harness (vitpss never imports it). Usage::
 
@@ -56,7 +56,8 @@ def install(phase: str, at: int, run_dir: Path) -> None:
         return name == phase and _logged(run_dir) == at
 
     def forward_hook(module, args, output):
-        if hasattr(module, "patch_embed") and hasattr(module, "blocks"):  # the model itself, not a layer
+        # the model itself (a ViT, or SimMIM around one), not a layer
+        if hasattr(module, "patch_embed") and (hasattr(module, "blocks") or hasattr(module, "decoder")):
             if armed("forward" if module.training else "eval"):
                 _die()
 

@@ -21,6 +21,9 @@ TINY_RUN = ["--data", "synthetic", "--synthetic-size", "64", "--in-chans", "1", 
             "--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "16",
             "--epochs", str(EPOCHS), "--save-every-steps", "1", "--sampler", "random", "--drop-path", "0.1",
             "--mixup", "0.8", "--ema-decay", "0.9", "--workers", "0", "--threads", "1", "--quiet", "--seed", "3"]
+#: The same data and model pre-trained by SimMIM (masks drawn from the run's generator, drop path on).
+TINY_PRETRAIN = [*TINY_RUN[:TINY_RUN.index("--sampler")], "--drop-path", "0.1", "--workers", "0", "--threads", "1",
+                 "--quiet", "--seed", "3", "--mask-ratio", "0.5"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -64,4 +67,12 @@ def reference_run(tmp_path_factory) -> Path:
     """The tiny run trained once without interruption (in this process)."""
     out = tmp_path_factory.mktemp("reference") / "run"
     assert main(["train", "--output", str(out), *TINY_RUN]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrain_reference(tmp_path_factory) -> Path:
+    """The tiny pre-training run done once without interruption (in this process)."""
+    out = tmp_path_factory.mktemp("pretrain-reference") / "run"
+    assert main(["pretrain", "--output", str(out), *TINY_PRETRAIN]) == 0
     return out

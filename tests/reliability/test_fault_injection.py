@@ -14,7 +14,7 @@ import random
 
 import pytest
 from reliability_helpers import (
-    EPOCHS, STEPS_PER_EPOCH, TINY_RUN, assert_bitwise_equal, run_vitpss, step_losses, train_state,
+    EPOCHS, STEPS_PER_EPOCH, TINY_PRETRAIN, TINY_RUN, assert_bitwise_equal, run_vitpss, step_losses, train_state,
     val_accuracies,
 )
 
@@ -51,13 +51,13 @@ def assert_completed_like_reference(run_dir, reference_run) -> None:
     assert not list(run_dir.glob(".*.tmp")), "temporary files of killed writes are left behind"
 
 
-def kill_and_resume(run_dir, points: list[tuple[str, int]]) -> str:
+def kill_and_resume(run_dir, points: list[tuple[str, int]], command: str = "train", flags=TINY_RUN) -> str:
     """Start the run, SIGKILL it at each point in turn (resuming in between), then resume to the end."""
-    args = ["train", "--output", str(run_dir), *TINY_RUN]
+    args = [command, "--output", str(run_dir), *flags]
     for phase, at in points:
         result = run_vitpss(args, fault=f"{phase}:{at}", run_dir=run_dir)
         assert result.returncode == -9, f"kill point {phase}:{at} was never reached:\n{result.stderr}"
-        args = ["train", "--resume", str(run_dir)]
+        args = [command, "--resume", str(run_dir)]
     result = run_vitpss(args)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -82,5 +82,21 @@ def test_kills_while_copying_best_and_writing_the_summary_leave_the_same_run_fil
     assert_completed_like_reference(run_dir, reference_run)
     assert_bitwise_equal(train_state(run_dir, "best.pt"), train_state(reference_run, "best.pt"))
     summary, expected = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference_run))
-    timing = {"train_time_s", "wall_time_s", "cpu_time_s", "images_per_s"}
+    timing = {"train_time_s", "wall_time_s", "cpu_time_s", "train_cpu_time_s", "data_wait_share", "images_per_s"}
     assert {k: v for k, v in summary.items() if k not in timing} == {k: v for k, v in expected.items() if k not in timing}
+
+
+@pytest.mark.slow
+def test_pretraining_killed_in_a_step_a_save_and_a_validation_resumes_bitwise_identically(tmp_path,
+                                                                                          pretrain_reference):
+    run_dir = tmp_path / "run"
+    stdout = kill_and_resume(run_dir, [("forward", 2), ("save", 5), ("eval", 2 * STEPS_PER_EPOCH)], "pretrain",
+                             TINY_PRETRAIN)
+    assert f"resuming from {run_dir}" in stdout
+    assert_bitwise_equal(train_state(run_dir), train_state(pretrain_reference))
+    assert step_losses(run_dir) == step_losses(pretrain_reference)
+    assert [s for s, _ in step_losses(run_dir)] == list(range(TOTAL))
+    assert read_jsonl(run_dir / "val_log.jsonl") != [] and \
+        [(r["epoch"], r["loss"]) for r in read_jsonl(run_dir / "val_log.jsonl")] == \
+        [(r["epoch"], r["loss"]) for r in read_jsonl(pretrain_reference / "val_log.jsonl")]
+    assert (run_dir / "summary.json").is_file() and not list(run_dir.glob(".*.tmp"))

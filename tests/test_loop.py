@@ -1,0 +1,156 @@
+"""The training step: no host synchronisation between log points, gradient accumulation, AMP resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+
+import pytest
+import torch
+
+from vitpss.config import MaskConfig, TrainConfig, validate
+from vitpss.tasks import SimMIMTask
+from vitpss.trainer import Trainer, train
+
+TINY = dict(data="synthetic", synthetic_size=160, in_chans=1, img_size=16, patch_size=4, embed_dim=32, depth=2,
+            num_heads=2, batch_size=8, epochs=1, workers=0, threads=1, quiet=True, warmup_epochs=0.0)
+#: Tensor methods that copy a value to the host (and so wait for the device).
+SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+@pytest.mark.parametrize("flags", [
+    dict(sampler="gumbel-magnitude"),
+    dict(sampler="random", mixup=0.8, ema_decay=0.9, clip_grad=1.0, drop_path=0.1, accum_steps=2),
+    dict(pretrain=True, schedule="none", global_pool=""),  # SimMIM: masks drawn on the device
+])
+def test_no_host_sync_between_log_points(flags, tmp_path, monkeypatch):
+    """Between two log points of an epoch, no step copies a tensor to the host."""
+    seen: list[str] = []
+    armed = [False]
+
+    def counting(name):
+        method = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            # The loader builds batches on the host (in worker processes outside tests): CPU tensors, not syncs.
+            if armed[0] and not any("torch/utils/data/" in f.filename for f in traceback.extract_stack()):
+                seen.append(f"Tensor.{name} at {traceback.format_stack(limit=2)[0].strip()}")
+            return method(self, *args, **kwargs)
+        return wrapper
+
+    for name in SYNCING:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    log_points, write_log, train_epoch = [], Trainer.write_log, Trainer.train_epoch
+
+    def logged(self):
+        armed[0] = False
+        try:
+            write_log(self)
+        finally:
+            log_points.append(self.state.step)
+            armed[0] = True  # from the first log point of the epoch on
+
+    def epoch(self, index):
+        try:
+            return train_epoch(self, index)
+        finally:
+            armed[0] = False  # the last log point of the epoch is its end
+
+    monkeypatch.setattr(Trainer, "write_log", logged)
+    monkeypatch.setattr(Trainer, "train_epoch", epoch)
+    flags = dict(flags)
+    pretrain = flags.pop("pretrain", False)
+    cfg = validate(TrainConfig(**{**TINY, **flags}, output=str(tmp_path / "run"), log_every=5))
+    train(cfg, task=SimMIMTask(MaskConfig()) if pretrain else None)
+    steps = 160 // 8 // cfg.accum_steps
+    assert log_points[:steps // 5] == list(range(5, steps + 1, 5))
+    assert seen == [], f"{len(seen)} host syncs between log points, first: {seen[0]}"
+
+
+def test_train_log_keeps_one_record_per_step_with_cpu_time(tmp_path):
+    cfg = validate(TrainConfig(**TINY, output=str(tmp_path / "run"), log_every=7))
+    summary = train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(20))
+    assert set(records[0]) == {"step", "epoch", "keep_rate", "tokens", "loss", "lr", "step_time", "data_time",
+                               "images", "cpu_time"}
+    assert all(r["cpu_time"] > 0 and r["step_time"] > 0 for r in records)
+    assert 0 < summary["train_cpu_time_s"] <= summary["cpu_time_s"]
+    assert 0 <= summary["data_wait_share"] < 1
+
+
+def _weights_after_one_epoch(tmp_path, name: str, **flags) -> dict[str, torch.Tensor]:
+    cfg = validate(TrainConfig(**{**TINY, **flags}, output=str(tmp_path / name), schedule="none", seed=1))
+    train(cfg)
+    return torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_two_accumulated_batches_of_8_match_one_batch_of_16(tmp_path):
+    accumulated = _weights_after_one_epoch(tmp_path, "accum", batch_size=8, accum_steps=2)
+    whole = _weights_after_one_epoch(tmp_path, "whole", batch_size=16)
+    for key, value in whole.items():
+        torch.testing.assert_close(accumulated[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    records = [json.loads(line) for line in (tmp_path / "accum" / "train_log.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and all(r["images"] == 16 for r in records)
+
+
+def test_accumulation_keeps_the_keep_rate_within_an_optimiser_step(tmp_path):
+    cfg = validate(TrainConfig(**TINY, output=str(tmp_path / "run"), accum_steps=4, period_steps=3))
+    train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(5))  # 20 batches / 4 per optimiser step
+    assert len({r["keep_rate"] for r in records}) > 1  # the schedule advances per optimiser step
+
+
+def test_amp_auto_is_saved_resolved(tmp_path):
+    cfg = validate(TrainConfig(**TINY, output=str(tmp_path / "run"), max_steps=2))
+    assert cfg.amp == "auto"
+    train(cfg)
+    assert "amp: 'off'" in (tmp_path / "run" / "config.yaml").read_text()  # CPU: auto = off
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["amp"] == "off"
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from vitpss.engine import NonFiniteLossError
+    from vitpss.tasks import ClassificationTask
+
+    loss = ClassificationTask.loss
+
+    def poisoned(self, net, x, y):
+        value = loss(self, net, x, y)
+        return value * float("nan") if self.steps_seen == 13 else value
+
+    monkeypatch.setattr(ClassificationTask, "steps_seen", 0, raising=False)
+
+    def counting(self, net, x, y):
+        value = poisoned(self, net, x, y)
+        self.steps_seen += 1
+        return value
+
+    monkeypatch.setattr(ClassificationTask, "loss", counting)
+    out = tmp_path / "run"
+    cfg = validate(TrainConfig(**TINY, output=str(out), log_every=50, save_every_steps=10))
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 13"):
+        train(cfg)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(13))
+
+
+def test_a_checkpoint_without_the_new_fields_still_resumes(tmp_path):
+    """Checkpoints of earlier versions lack accum_steps, log_every and the CPU/data-wait counters."""
+    from vitpss.checkpoint import atomic_save
+    from vitpss.cli import main
+
+    out = tmp_path / "run"
+    train(validate(TrainConfig(**TINY, output=str(out), max_steps=3, amp="off")))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    for key in ("accum_steps", "log_every"):
+        del ckpt["config"][key]
+    for key in ("train_cpu_time_s", "data_time_s"):
+        del ckpt["run_state"][key]
+    atomic_save(ckpt, out / "checkpoint.pt")
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 20
