@@ -157,9 +157,8 @@ class Trainer:
         self.cfg = cfg = dataclasses.replace(task.resolve(cfg, num_classes), amp=resolve_amp(cfg.amp, self.device))
         self.amp_dtype, self.scaler = amp_settings(cfg.amp, self.device)
         seed_everything(cfg.seed)
-        self.generator = None
-        if cfg.sampler == "random" or task.command == "pretrain":  # SimMIM draws its masks from it
-            self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.d.rank)
+        # every sampler (and SimMIM's masks) draws from the run's own generator, saved in checkpoints
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.d.rank)
         self.model = task.build_model(cfg, self.generator).to(self.device)
         if cfg.pretrained and checkpoint is None:  # a resumed run restores its own weights
             report = load_pretrained(self.model, cfg.pretrained)
