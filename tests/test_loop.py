@@ -154,3 +154,15 @@ def test_a_checkpoint_without_the_new_fields_still_resumes(tmp_path):
     atomic_save(ckpt, out / "checkpoint.pt")
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 20
+
+
+def test_data_wait_warning_fires_once_past_its_share_and_not_on_smoke_runs(tmp_path, monkeypatch, capsys):
+    import vitpss.trainer as trainer_module
+
+    train(validate(TrainConfig(**TINY, output=str(tmp_path / "smoke"))))
+    assert "waited for data" not in capsys.readouterr().err  # a few seconds of training: no verdict
+    monkeypatch.setattr(trainer_module, "DATA_WAIT_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(trainer_module, "DATA_WAIT_WARNING", 0.0)
+    train(validate(TrainConfig(**{**TINY, "epochs": 2}, output=str(tmp_path / "run"))))
+    err = capsys.readouterr().err
+    assert err.count("waited for data") == 1 and "--workers" in err

@@ -54,6 +54,7 @@ from .weights import load_pretrained
 __all__ = ["RunState", "Trainer", "resume_config", "train"]
 
 #: Share of training time spent waiting for data above which a run warns (once).
+DATA_WAIT_MIN_SECONDS = 30.0  # training time before the data-wait share is judged
 DATA_WAIT_WARNING = 0.10
 
 
@@ -359,7 +360,9 @@ class Trainer:
     def warn_if_data_bound(self) -> None:
         """Warn once (stderr, rank 0) when waiting for data takes over DATA_WAIT_WARNING of the training time."""
         share = self.state.data_time_s / max(self.state.train_time_s, 1e-9)
-        if self.warned_data_wait or share <= DATA_WAIT_WARNING or not self.d.main:
+        # a few seconds of training (a smoke test) say nothing about the loader: no warning then
+        if (self.warned_data_wait or share <= DATA_WAIT_WARNING or not self.d.main
+                or self.state.train_time_s < DATA_WAIT_MIN_SECONDS):
             return
         self.warned_data_wait = True
         print(f"vitpss: warning: {share:.0%} of the training time waited for data: the loader cannot keep up; "
