@@ -227,13 +227,16 @@ def to_uint8_tensor(images: np.ndarray, in_chans: int) -> torch.Tensor:
     return x.contiguous()
 
 
-def image_sizes(samples: Sequence[tuple[str, int]]) -> set[tuple[int, int]]:
-    """The distinct ``(width, height)`` of the images (read from their headers; unreadable files are skipped)."""
-    sizes = set()
+def image_sizes(samples: Sequence[tuple[str, int]], stop_at: int = 2) -> set[tuple[int, int]]:
+    """The distinct ``(width, height)`` of the images, read from their headers (unreadable files are
+    skipped); the scan stops once ``stop_at`` sizes are found."""
+    sizes: set[tuple[int, int]] = set()
     for path, _ in samples:
         with contextlib.suppress(Exception):
             with Image.open(path) as img:
                 sizes.add(img.size)
+        if len(sizes) >= stop_at:
+            break
     return sizes
 
 
@@ -626,6 +629,10 @@ def _folder_in_memory(cfg: TrainConfig, samples: Sequence[tuple[str, int]], in_c
     """Whether ``--in-memory`` holds this ImageFolder in memory (``auto``: one image size, under the limit)."""
     if cfg.in_memory == "off":
         return False
+    if cfg.in_memory == "auto":  # too large at the first image's size: no need to read every header
+        first = next(iter(image_sizes(samples, stop_at=1)), (0, 0))
+        if len(samples) * first[0] * first[1] * in_chans > IN_MEMORY_LIMIT_BYTES:
+            return False
     sizes = image_sizes(samples)
     if len(sizes) > 1:
         if cfg.in_memory == "on":
