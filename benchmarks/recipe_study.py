@@ -4,7 +4,8 @@
     python benchmarks/recipe_study.py report            # tables, the rule's choice, time-to-accuracy figure
 
 `run` calls benchmarks/accuracy.py once per setting (same recipes, seeds and epochs for each) and
-writes benchmarks/results/study_<setting>.json. CIFAR-10 settings read the JPEG copy of
+writes benchmarks/results/study_<setting>_s<seeds>_<n>r.json;
+`report` merges all files of a setting (each run once). CIFAR-10 settings read the JPEG copy of
 ../shared/data (unpack it and pass --cifar-root; say "CIFAR-10 (JPEG copy)" next to its numbers).
 
 `report` reads those files and applies the rule: among recipes whose training time is at most
@@ -17,11 +18,14 @@ rates 0.5 and 0.25), the rule's outcome, and draws validation acc1 against train
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from vitpss.checkpoint import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -67,20 +71,24 @@ def time_to_reach(curve: list[float], times: list[float], target: float) -> floa
     return next((t for a, t in zip(curve, times) if a >= target), None)
 
 
-def data_wait_share(run_dir: str) -> float | None:
-    """Share of the training time spent waiting for batches (train_log.jsonl's data_time)."""
+@functools.lru_cache(maxsize=None)
+def step_records(run_dir: str) -> tuple[dict, ...]:
+    """The run's train_log.jsonl records, read once (vitpss's reader: a torn last line is ignored)."""
     path = Path(run_dir) / "train_log.jsonl"
-    if not path.exists():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return tuple(read_jsonl(path)) if path.exists() else ()
+
+
+def data_wait_share(run_dir: str) -> float | None:
+    """Share of the training time spent waiting for batches (the log's data_time)."""
+    records = step_records(run_dir)
     wait = sum(r["data_time"] for r in records)
-    return wait / (wait + sum(r["step_time"] for r in records))
+    return wait / (wait + sum(r["step_time"] for r in records)) if records else None
 
 
 def train_cpu_time(run_dir: str) -> float | None:
-    """Process CPU time of the training steps and data waits (train_log.jsonl's cpu_time), if logged."""
-    records = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines() if line]
-    return sum(r["cpu_time"] for r in records) if all("cpu_time" in r for r in records) else None
+    """Process CPU time of the training steps and data waits (the log's cpu_time), if logged."""
+    records = step_records(run_dir)
+    return sum(r["cpu_time"] for r in records) if records and all("cpu_time" in r for r in records) else None
 
 
 def setting_rows(data: dict) -> list[dict]:
