@@ -188,3 +188,19 @@ def test_two_runs_with_the_same_generator_seed_keep_the_same_patches_and_leave_t
         kept.append(vitpss.get_keep_indices(model))
         assert torch.equal(torch.get_rng_state(), global_state)
     assert torch.equal(kept[0], kept[1])
+
+
+def test_default_models_linear_patch_embedding_equals_timms_convolution():
+    from timm.layers import PatchEmbed
+
+    model = timm.create_model("vitpss_tiny_mnist")
+    reference = PatchEmbed(img_size=28, patch_size=7, in_chans=1, embed_dim=64)
+    reference.load_state_dict(model.patch_embed.state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    out, expected = model.patch_embed(x), reference(x)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(model.patch_embed.proj.weight.grad, reference.proj.weight.grad, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AssertionError, match="doesn't match model"):  # other sizes: timm's checks and convolution
+        model.patch_embed(torch.randn(1, 1, 35, 35))

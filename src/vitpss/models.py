@@ -24,8 +24,10 @@ import timm
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models.beit import Beit, _cfg, _create_beit
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.nn import functional as F
 
 from .checkpoint import PRETRAIN_FORMAT, checkpoint_path, load_checkpoint, load_model_state
 from .config import DEFAULT_MODEL, MaskConfig, TrainConfig, from_dict, nearest, validate
@@ -73,6 +75,26 @@ def vitpss_tiny_beit_mnist(**kwargs) -> Beit:
 # --------------------------------------------------------------------------- vitpss_tiny_mnist and config -> model
 
 
+class LinearPatchEmbed(PatchEmbed):
+    """timm's ``PatchEmbed`` computed as one matrix product over the flattened patches.
+
+    A convolution whose stride equals its kernel is that product. On a CPU, for the default
+    model's 28-px images, the convolution's fixed cost was most of the embedding's time (forward
+    and backward ~0.5 ms of a 6 ms step at keep rate 0.2; this: ~0.15 ms). Same parameters
+    (``proj``), same state_dict, the same output up to float rounding; any input the product does
+    not cover (another image size, padding) goes through timm's convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.flatten or self.dynamic_img_pad or tuple(x.shape[-2:]) != tuple(self.img_size or ()):
+            return super().forward(x)
+        batch, chans, height, width = x.shape
+        ph, pw = self.patch_size
+        patches = (x.reshape(batch, chans, height // ph, ph, width // pw, pw).permute(0, 2, 4, 1, 3, 5)
+                   .reshape(batch, (height // ph) * (width // pw), chans * ph * pw))
+        return self.norm(F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias))
+
+
 @register_model
 def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """The default model: ViT for 28x28 grayscale digits (patch 7: 16 patches, width 64, depth 4, 4 heads,
@@ -82,7 +104,7 @@ def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransfor
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
-                mlp_ratio=2.0, global_pool="avg")
+                mlp_ratio=2.0, global_pool="avg", embed_layer=LinearPatchEmbed)
     return VisionTransformer(**{**args, **kwargs})
 
 

@@ -57,6 +57,7 @@ def parse_rate(text: str) -> float:
 
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:
-    """``--amp`` as ``vitpss train`` takes it: off (default), auto, bf16 or fp16; ``--amp`` alone = auto."""
-    parser.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_CHOICES,
-                        help="mixed precision: off, auto, bf16, fp16 (--amp alone = auto; default: off)")
+    """``--amp`` as ``vitpss train`` takes it: auto (default: bf16 or fp16 on CUDA, off on CPU), off, bf16 or fp16."""
+    parser.add_argument("--amp", nargs="?", const="auto", default="auto", choices=AMP_CHOICES,
+                        help="mixed precision: auto (bf16 on CUDA where supported, else fp16; off on CPU), off, bf16, "
+                             "fp16 (--amp alone = auto; default: auto)")
