@@ -8,6 +8,12 @@ writes benchmarks/results/study_<setting>_s<seeds>_<n>r.json;
 `report` merges all files of a setting (each run once). CIFAR-10 settings read the JPEG copy of
 ../shared/data (unpack it and pass --cifar-root; say "CIFAR-10 (JPEG copy)" next to its numbers).
 
+Held-out settings (HELD_OUT) were not used to choose the default; they check it afterwards, on a
+data set the study never saw (scikit-learn's 8x8 digits, written as an ImageFolder by
+``make_digits_folder``) and on 2.5x more CIFAR-10 images:
+
+    python benchmarks/recipe_study.py run --settings digits8,cifar10-500 --recipes baseline,cosine-random --seeds 0,1,2
+
 `report` reads those files and applies the rule: among recipes whose training time is at most
 --max-time-ratio of the baseline's in every setting, take the one whose *worst* accuracy gap to the
 baseline over all settings is smallest (ties: the faster one). It prints one table per setting
@@ -43,12 +49,42 @@ SETTINGS: dict[str, tuple[int, int, list[str]]] = {
     # small data, long enough for the baseline to plateau; a narrower ViT (width 64) to fit the CPU budget
     "cifar10-long": (50, 6, ["--data", "CIFAR_ROOT", "--train-subset", "100", *CIFAR_MODEL,
                              "--embed-dim", "64", "--num-heads", "2", "--val-subset", "100"]),
+    # held out: checks of the chosen default, not inputs to the rule (report --time-settings / settings)
+    "digits8": (30, 5, ["--data", "DIGITS_ROOT", *CIFAR_MODEL, "--in-chans", "1", "--val-subset", "36"]),
+    "cifar10-500": (15, 3, ["--data", "CIFAR_ROOT", "--train-subset", "500", *CIFAR_MODEL]),
 }
+HELD_OUT = ("digits8", "cifar10-500")
+
+
+def make_digits_folder(root: Path) -> Path:
+    """scikit-learn's 1,797 8x8 digits (16 grey levels) as PNGs: ``train/<d>/`` and a stratified 20% ``val/<d>/``."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    marker = root / ".done"
+    if marker.exists():
+        return root
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    seen: dict[int, int] = {}
+    for i in order:
+        label = int(digits.target[i])
+        split = "val" if seen.get(label, 0) % 5 == 0 else "train"
+        seen[label] = seen.get(label, 0) + 1
+        folder = root / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[i] * 255 / 16).round().astype(np.uint8), "L").save(folder / f"{i:04d}.png")
+    marker.touch()
+    return root
 
 
 def run(args: argparse.Namespace) -> None:
     for name in args.settings.split(","):
         epochs, cooldown, flags = SETTINGS[name]
+        if "DIGITS_ROOT" in flags:
+            digits = str(make_digits_folder(Path(args.runs) / "digits8-data"))
+            flags = [digits if f == "DIGITS_ROOT" else f for f in flags]
         flags = [args.cifar_root if f == "CIFAR_ROOT" else f for f in flags]
         cmd = [sys.executable, str(HERE / "accuracy.py"), "--setting", name, "--recipes", args.recipes,
                "--seeds", args.seeds, "--epochs", str(epochs), "--cooldown-epochs", str(cooldown),
@@ -167,18 +203,25 @@ def report(args: argparse.Namespace) -> None:
                   f"{r['cpu_ratio']:>6.2f}{(r['train_cpu_ratio'] or float('nan')):>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}"
                   f"{100 * (r['data_wait_share'] or 0):>5.1f}%")
     time_settings = args.time_settings.split(",")
-    best, worst = choose(tables, args.max_time_ratio, time_settings)
+    held_out = {name: rows for name, rows in tables.items() if name in HELD_OUT}
+    best, worst = choose({k: v for k, v in tables.items() if k not in HELD_OUT}, args.max_time_ratio, time_settings)
     print(f"\nrule: recipes at <= {args.max_time_ratio}x the baseline's training CPU time in {', '.join(time_settings)}, "
           f"ranked by their worst gap over all settings:")
     for recipe, gap in sorted(worst.items(), key=lambda kv: -kv[1]):
         print(f"  {recipe:<20} worst gap {gap:+.2f} pt")
     print(f"chosen: {best}")
+    for name, rows in held_out.items():  # checks of the choice on settings the rule did not see
+        for r in rows:
+            if r["recipe"] == best:
+                print(f"held out: {name}: {best} gap {r['gap']:+.2f} pt at {r['train_cpu_ratio'] or float('nan'):.2f}x "
+                      f"the baseline's training CPU time")
     out = RESULTS / "study_report.json"
     out.write_text(json.dumps({"max_time_ratio": args.max_time_ratio, "chosen": best, "worst_gap": worst,
-                               "tables": tables}, indent=1))
+                               "held_out": sorted(held_out), "tables": tables}, indent=1))
     print(f"wrote {out}")
     if args.figure:
-        draw(curves, args.figure, [r for r in (best, "cyclic-gumbel", "cyclic-magnitude") if r])
+        draw({k: v for k, v in curves.items() if k not in HELD_OUT}, args.figure,
+             [r for r in (best, "cyclic-gumbel", "cyclic-magnitude") if r])
 
 
 def draw(curves: dict[str, dict], output: str, highlight: list[str]) -> None:

@@ -113,6 +113,7 @@ def main() -> None:
 
     data = make_jpeg_folder(Path(args.cache), args.images, 2 * args.batch_size)
     steps_per_epoch = args.images // args.batch_size
+    plan = plan_time_fraction(args, steps_per_epoch, data)  # first: a bad flag fails before the long runs
     pss = args.schedule
     results: dict[str, list[dict]] = {"none": [], pss: []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +123,6 @@ def main() -> None:
                 results[schedule].append(r)
                 print(f"  {schedule:<6} train {r['train_time_s']:7.1f} s  (compute {r['step_time_s']:7.1f} s, "
                       f"waiting for data {r['data_time_s']:6.1f} s)", flush=True)
-    plan = plan_time_fraction(args, steps_per_epoch, data)
 
     def med(schedule: str, key: str) -> float:
         return statistics.median(r[key] for r in results[schedule])

@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop early (for a quick check)")
-    parser.add_argument("--schedule", default="cyclic", choices=vitpss.SCHEDULES)
+    parser.add_argument("--schedule", default="cosine", choices=vitpss.SCHEDULES)
     parser.add_argument("--low", type=float, default=0.2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -46,7 +46,7 @@ def main() -> None:
     config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=4,
                        num_attention_heads=4, intermediate_size=128, num_labels=10)
     torch.manual_seed(0)
-    model = vitpss.attach(ViTForImageClassification(config), sampler="magnitude")
+    model = vitpss.attach(ViTForImageClassification(config), sampler="random")
 
     with tempfile.TemporaryDirectory() as output_dir:
         training = TrainingArguments(output_dir=output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,

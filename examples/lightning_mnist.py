@@ -23,7 +23,7 @@ class DigitClassifier(L.LightningModule):
         self.lr = lr
         self.model = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, num_classes=10,
                                        embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, global_pool="avg")
-        vitpss.attach(self.model, sampler="magnitude")  # the callback sets its keep rate every step
+        vitpss.attach(self.model, sampler="random")  # the callback sets its keep rate every step
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop early (for a quick check)")
-    parser.add_argument("--schedule", default="cyclic", choices=vitpss.SCHEDULES)
+    parser.add_argument("--schedule", default="cosine", choices=vitpss.SCHEDULES)
     parser.add_argument("--low", type=float, default=0.2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)

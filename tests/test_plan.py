@@ -200,7 +200,7 @@ def test_time_fraction_with_a_loader_bounds_every_step_by_it():
 def test_plan_with_data_times_the_loader_and_adds_it_to_each_step_without_workers(capsys, tmp_path):
     data = make_image_folder(tmp_path / "images", per_class=4, size=32)
     plan = plan_json(capsys, "--data", str(data), "--workers", "0", "--repeats", "1", "--warmup", "0",
-                     "--data-batches", "2")
+                     "--data-batches", "2", "--in-memory", "off", "--train-subset", "3")  # train's data flags too
     loader = plan["data"]
     assert loader["workers"] == 0 and loader["images_per_s"] > 0
     assert loader["batch_time_s"] == pytest.approx(2 / loader["images_per_s"])
@@ -218,7 +218,7 @@ def test_plan_names_data_bound_rates_and_what_to_change(capsys, monkeypatch, tmp
                  "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "data-bound rates  0.2, 0.4, 0.6, 0.8, 1" in out
-    assert "--workers; now 3" in out and "--augment light" in out
+    assert "--workers; now 3" in out and "--augment light" in out and "--in-memory on" in out
 
 
 def test_plan_without_data_does_not_time_a_loader(capsys):

@@ -14,7 +14,7 @@ from . import models  # noqa: F401  (registers vitpss's timm models, e.g. vitpss
 from .samplers import SAMPLERS, keep_count
 from .schedules import SCHEDULES, KeepRateSchedule, PaperSchedule, build_schedule, paper_schedule
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "PatchSampler", "attach", "get_keep_indices", "keep_rate", "set_keep_rate", "set_sampler",

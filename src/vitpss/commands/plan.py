@@ -50,7 +50,7 @@ MAX_MEASURED = 12
 PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool",
                "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
                "cooldown_epochs", "period_steps", "epochs", "threads", "data", "synthetic_size", "augment", "hflip",
-               "workers", "on_bad_image", "seed")
+               "workers", "on_bad_image", "seed", "data_root", "in_memory", "train_subset")
 SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
 #: A rate is data-bound when more than this share of its step would be spent waiting for data.
 DATA_WAIT_LIMIT = 0.10
@@ -210,8 +210,8 @@ def data_advice(cfg: TrainConfig, speed: LoaderSpeed, needed_images_per_s: float
     if cfg.augment == "randaug":
         advice.append("lighter augmentation (--augment light; randaug is the most expensive)")
     if cfg.data not in ("synthetic", "mnist5k"):
-        advice.append("cheaper decoding: images stored at the training size, or decoded once and kept in memory "
-                      "as uint8")
+        advice.append("cheaper decoding: images stored at one size, at the training size, and decoded once into "
+                      "memory as uint8 (--in-memory on)")
     return advice
 
 

@@ -87,11 +87,13 @@ def supported_families() -> list[str]:
     return [name for name, _, _ in _FAMILIES]
 
 
-def attach(model: nn.Module, sampler: str = "magnitude", generator: Optional[torch.Generator] = None) -> nn.Module:
+def attach(model: nn.Module, sampler: str = "random", generator: Optional[torch.Generator] = None) -> nn.Module:
     """Install patch sampling into a timm model in place and return it.
 
-    ``sampler`` is a name from :data:`vitpss.samplers.SAMPLERS`; ``generator`` seeds the random
-    sampler. Calling it again replaces the sampler. Raises ``TypeError`` for unsupported models.
+    ``sampler`` is a name from :data:`vitpss.samplers.SAMPLERS` (default ``random``, as ``vitpss
+    train``: the published ``magnitude`` lost 1.7-5 points on natural images, docs/benchmarks.md);
+    ``generator`` seeds the random samplers. Calling it again replaces the sampler. Raises
+    ``TypeError`` for unsupported models.
     """
     get_sampler(sampler)
     for _, predicate, installer in _FAMILIES:
