@@ -15,6 +15,9 @@ Parts (each a subprocess with its own time limit; a failing part does not stop t
   (the relative-position-bias attention under torch.compile).
 * ``beit_memory``: BEiT vs ViT peak memory (``max_memory_allocated``) and step time per keep rate,
   bias lookup vs the previous per-sample bias (benchmarks/beit_memory.py).
+* ``prefetch``: the device prefetcher on CUDA (pinned uint8 batches, side stream, normalisation
+  and random erasing on the GPU) gives the batches the CPU path gives: in-memory and on-disk
+  ImageFolders, ``pad-crop`` (equal to 1e-5) and ``randaug`` (the same erased boxes).
 
 Writes one JSON per part plus ``gpu_check.json`` (commands, exit codes, seconds, checks). On a
 machine without CUDA it prints one line and exits with status 1.
@@ -107,8 +110,54 @@ def beit_memory(out: Path, work: Path) -> dict:
     return {"runs": [run(cmd, 1200)]}
 
 
+PREFETCH_CHECK = r"""
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+from vitpss.config import TrainConfig
+from vitpss.data import build_datasets, build_loader
+
+root = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+for split, count in (("train", 64), ("val", 16)):
+    for i in range(count):
+        folder = root / split / f"c{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+checks = {}
+for in_memory in ("on", "off"):
+    for augment in ("pad-crop", "randaug"):
+        cfg = TrainConfig(data=str(root), img_size=32, batch_size=16, augment=augment, in_memory=in_memory, workers=2,
+                          quiet=True)
+        train, *_ = build_datasets(cfg)
+        batches = {}
+        for device in ("cpu", "cuda"):
+            loader = build_loader(train, cfg, True, device=torch.device(device))
+            loader.sampler.set_epoch(1)
+            batches[device] = [(x.cpu(), y.cpu()) for x, y in loader]
+        diffs = [(a - b).abs() for (a, _), (b, _) in zip(batches["cpu"], batches["cuda"])]
+        labels = all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(batches["cpu"], batches["cuda"]))
+        # erased pixels hold noise from each device's own generator: compare where both are unerased
+        same = [float((d < 1e-4).float().mean()) for d in diffs]
+        checks[f"{in_memory}-{augment}"] = {"labels_equal": labels, "share_equal_pixels": min(same),
+                                            "max_diff": max(float(d.max()) for d in diffs)}
+ok = all(c["labels_equal"] for c in checks.values()) and all(
+    c["max_diff"] < 1e-4 for k, c in checks.items() if k.endswith("pad-crop"))
+print(json.dumps({"checks": checks, "ok": ok}))
+"""
+
+
+def prefetch(out: Path, work: Path) -> dict:
+    result = {"runs": [run([PY, "-c", PREFETCH_CHECK, str(work / "prefetch_data")], 600)]}
+    if result["runs"][0]["rc"] == 0:
+        result.update(json.loads(result["runs"][0]["tail"].strip().splitlines()[-1]))
+    (out / "prefetch.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 PARTS: dict[str, Callable[[Path, Path], dict]] = {
-    "step_cost": step_cost, "schedule_speed": schedule_speed, "fp16_resume": fp16_resume,
+    "prefetch": prefetch, "step_cost": step_cost, "schedule_speed": schedule_speed, "fp16_resume": fp16_resume,
     "compile": compile_runs, "beit_memory": beit_memory,
 }
 
