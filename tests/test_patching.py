@@ -1,5 +1,7 @@
 """PSS on stock timm ViTs: tokens reaching the blocks, bit-identity at rate 1, mode rules, errors."""
 
+import copy
+import pickle
 import re
 from pathlib import Path
 
@@ -127,9 +129,45 @@ def test_attach_rejects_a_resnet_with_type_error_naming_class_and_families():
         vitpss.attach(model)
 
 
-def test_set_keep_rate_before_attach_says_to_attach():
-    with pytest.raises(TypeError, match="attach"):
-        vitpss.set_keep_rate(tiny(), 0.5)
+@pytest.mark.parametrize("call", [vitpss.set_keep_rate, vitpss.token_count], ids=["set_keep_rate", "token_count"])
+def test_calls_before_attach_say_to_attach(call):
+    with pytest.raises(TypeError, match="VisionTransformer has no patch sampler: call vitpss.attach"):
+        call(tiny(), 0.5)
+
+
+def test_token_count_of_a_dynamic_size_vit_counts_the_configured_image_size():
+    model = vitpss.attach(tiny(dynamic_img_size=True, img_size=(32, 48)))
+    assert vitpss.token_count(model, 1.0) == 1 + 8 * 12 and vitpss.token_count(model, 0.5) == 1 + 48
+
+
+@pytest.mark.parametrize("variant", ["vit_cls_token", "registers_avg_pool"])
+def test_grid_intermediates_refuse_a_keep_rate_below_one_and_token_intermediates_are_untouched(variant):
+    name, overrides = VARIANTS[variant]
+    plain, model = tiny(name, **overrides), vitpss.attach(tiny(name, **overrides)).train()
+    x = torch.randn(2, 3, 32, 32)
+    for fmt in ("NCHW", "NLC"):  # rate 1: the unmodified model's output
+        expected, got = plain.forward_intermediates(x, output_fmt=fmt), model.forward_intermediates(x, output_fmt=fmt)
+        assert torch.equal(expected[0], got[0]) and all(torch.equal(a, b) for a, b in zip(expected[1], got[1]))
+
+    vitpss.set_keep_rate(model, 0.5)
+    for kwargs in ({}, {"output_fmt": "NCHW", "intermediates_only": True}):
+        with pytest.raises(ValueError, match=r"output_fmt='NCHW'.*keep rate 0.5: pass output_fmt='NLC'"):
+            model.forward_intermediates(x, **kwargs)
+    torch.manual_seed(1)
+    tokens = model.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
+    torch.manual_seed(1)
+    stock = type(model).forward_intermediates(model, x, output_fmt="NLC", intermediates_only=True)
+    assert tokens[0].shape == (2, 32, 32) and all(torch.equal(a, b) for a, b in zip(tokens, stock))
+
+
+def test_attached_vit_survives_pickle_and_deepcopy_with_its_grid_check():
+    model = vitpss.attach(tiny()).train()
+    vitpss.set_keep_rate(model, 0.5)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        with pytest.raises(ValueError, match="NCHW"):
+            clone.forward_intermediates(torch.randn(1, 3, 32, 32))
+        vitpss.set_keep_rate(clone, 1.0)  # the check reads the clone's own sampler
+        assert clone.forward_intermediates(torch.randn(1, 3, 32, 32))[1][0].shape == (1, 32, 8, 8)
 
 
 @pytest.mark.parametrize("rate", [0, -1, 1.5, float("nan")])

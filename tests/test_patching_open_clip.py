@@ -53,6 +53,8 @@ def test_vision_tower_trains_at_half_rate_with_the_class_token_kept():
     optimizer.step()
     assert not torch.equal(before, model.visual.conv1.weight)
 
+    assert vitpss.token_count(model, 0.5) == vitpss.token_count(model.visual, 0.5) == 1 + NUM_PATCHES // 2
+
     model.eval()  # all patches in eval, an inference rate on request; the class token is always first
     full = tokens_into_first_block(model.visual, x)
     assert full.shape[1] == 1 + NUM_PATCHES
@@ -70,8 +72,16 @@ def test_timm_tower_gets_the_timm_sampler_in_its_trunk():
     vitpss.set_keep_rate(model.train(), 0.5)
     x = torch.randn(1, 3, 224, 224)
     assert tokens_into_first_block(model.visual, x).shape[1] == 1 + 196 // 2
+    assert vitpss.token_count(model, 0.5) == 1 + 196 // 2
     with pytest.raises(ValueError, match="NCHW"):
         model.visual.forward_intermediates(x)
+
+
+def test_token_count_of_a_non_square_tower_before_any_forward():
+    model = vitpss.attach(clip(image_size=(32, 48)))
+    assert vitpss.token_count(model, 1.0) == 1 + 8 * 12 and vitpss.token_count(model, 0.5) == 1 + 48
+    vitpss.set_keep_rate(model.train(), 0.5)
+    assert tokens_into_first_block(model.visual, torch.randn(2, 3, 32, 48)).shape[1] == 1 + 48
 
 
 def test_grid_intermediates_refuse_a_keep_rate_below_one_and_token_intermediates_work():

@@ -243,6 +243,28 @@ def test_eva_training_step_at_low_rate_runs_backward():
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
+def test_eva_grid_intermediates_refuse_a_keep_rate_below_one_and_token_intermediates_work():
+    stock = make_eva("eva02_rope_cat")
+    model = vitpss.attach(copy.deepcopy(stock)).eval()
+    stock.eval()
+    x = images()
+    assert torch.equal(model.forward_intermediates(x)[1][0], stock.forward_intermediates(x)[1][0])
+    with vitpss.keep_rate(model, 0.5):
+        with pytest.raises(ValueError, match=r"output_fmt='NCHW'.*keep rate 0.5"):
+            model.forward_intermediates(x)
+        assert model.forward_intermediates(x, output_fmt="NLC")[1][0].shape == (3, GRID * GRID // 2, 32)
+
+
+def test_beit_forward_intermediates_runs_all_patches_whatever_the_rate():
+    # timm's Beit.forward_intermediates has no patch_drop slot: no sampling, so every grid output works
+    model = vitpss.attach(make_beit("per_block")).eval()
+    x = images()
+    full = model.forward_intermediates(x)[1][0]
+    with vitpss.keep_rate(model, 0.5):
+        assert torch.equal(model.forward_intermediates(x)[1][0], full) and full.shape == (3, 32, GRID, GRID)
+    assert vitpss.token_count(model, 0.5) == 1 + GRID * GRID // 2
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.data())
 def test_kept_pair_index_equals_index_from_2d_offsets(data):

@@ -26,7 +26,7 @@ MODELS = {
 def build(name: str, **overrides):
     model_cls, config_cls, extra, _ = MODELS[name]
     torch.manual_seed(0)
-    config = getattr(transformers, config_cls)(**TINY, **extra, **overrides)
+    config = getattr(transformers, config_cls)(**{**TINY, **extra, **overrides})
     return getattr(transformers, model_cls)(config)
 
 
@@ -80,6 +80,17 @@ def test_training_at_half_rate_drops_patches_keeps_prefix_and_steps_the_optimize
         assert torch.equal(first_block_input(model, x)[:, :prefix], full[:, :prefix])
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_token_count_before_any_forward_is_the_number_of_tokens_reaching_the_blocks(name):
+    prefix = MODELS[name][3]
+    model = vitpss.attach(build(name, image_size=40, patch_size=8)).train()  # 5 x 5 patches
+    counts = {rate: vitpss.token_count(model, rate) for rate in (1.0, 0.5)}
+    assert counts == {1.0: prefix + 25, 0.5: prefix + vitpss.keep_count(0.5, 25)}
+    for rate, count in counts.items():
+        vitpss.set_keep_rate(model, rate)
+        assert first_block_input(model, torch.randn(2, 3, 40, 40)).shape[1] == count
+
+
 @pytest.mark.parametrize("name", ["vit", "siglip_vision"])
 def test_eval_uses_all_patches_unless_an_inference_rate_is_set(name):
     prefix = MODELS[name][3]
@@ -102,6 +113,7 @@ def test_clip_model_gets_a_sampler_in_its_vision_tower_only():
     assert names == ["vision_model.embeddings.patch_sampler"]
     vitpss.set_keep_rate(model, 0.5)
     assert first_block_input(model.vision_model, torch.randn(2, 3, 32, 32)).shape[1] == 1 + NUM_PATCHES // 2
+    assert vitpss.token_count(model, 0.5) == 1 + NUM_PATCHES // 2
 
 
 @pytest.mark.parametrize("build_grid_model", [

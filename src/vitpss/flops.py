@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .patching.core import _samplers_or_raise, keep_rate
+from .patching.core import _samplers_or_raise, keep_rate, num_patches
 from .samplers import keep_count
 
 
@@ -59,7 +59,7 @@ class FlopModel:
 
     def __init__(self, model: nn.Module, *, backward: bool = True) -> None:
         sampler = _samplers_or_raise(model)[0]
-        self.num_patches = int(model.patch_embed.num_patches)
+        self.num_patches = num_patches(model)
         self.num_prefix_tokens = sampler.num_prefix_tokens
         self.backward = backward
         counts = sorted({self.num_patches, max(1, self.num_patches // 2), 1})

@@ -36,6 +36,7 @@ from ..data import build_datasets, build_loader, default_workers
 from ..errors import UsageError
 from ..flops import FlopModel
 from ..models import build_model, resolve_model_config
+from .. import patching
 from ..runtime import amp_settings, resolve_device
 from ..samplers import keep_count
 from ..schedules import KeepRateSchedule
@@ -134,11 +135,11 @@ def calibration_counts(num_patches: int, rows: Sequence[float], schedule_rates: 
 def measure_step_times(model: nn.Module, counts: Sequence[int], *, batch_size: int, repeats: int, warmup: int,
                        amp_dtype: Optional[torch.dtype]) -> StepTimes:
     """Median training-step seconds at each keep count (interleaved, :func:`time_training_steps`)."""
-    num_patches = int(model.patch_embed.num_patches)
-    rates = {c: c / num_patches for c in counts}  # keep_count(c / N, N) == c
+    patches = patching.num_patches(model)
+    rates = {c: c / patches for c in counts}  # keep_count(c / N, N) == c
     times = time_training_steps(model, list(rates.values()), batch_size=batch_size, repeats=repeats,
                                 warmup=warmup, amp_dtype=amp_dtype)
-    return StepTimes(num_patches, {c: times[r] for c, r in rates.items()})
+    return StepTimes(patches, {c: times[r] for c, r in rates.items()})
 
 
 # --------------------------------------------------------------------------- data pipeline

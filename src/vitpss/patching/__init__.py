@@ -6,6 +6,7 @@ from .core import (
     check_keep_rate,
     get_keep_indices,
     keep_rate,
+    num_patches,
     patch_samplers,
     register_family,
     set_keep_rate,
@@ -16,5 +17,5 @@ from .core import (
 # register the families, timm's first; the transformers and open_clip ones import neither package
 from . import vit, relpos, transformers, open_clip  # noqa: F401,E402
 
-__all__ = ["PatchSampler", "attach", "check_keep_rate", "get_keep_indices", "keep_rate", "patch_samplers", "register_family",
-           "set_keep_rate", "set_sampler", "supported_families", "token_count"]
+__all__ = ["PatchSampler", "attach", "check_keep_rate", "get_keep_indices", "keep_rate", "num_patches", "patch_samplers",
+           "register_family", "set_keep_rate", "set_sampler", "supported_families", "token_count"]

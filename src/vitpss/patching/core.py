@@ -15,7 +15,9 @@ The rule for which rate applies:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional
+import functools
+import inspect
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -29,7 +31,9 @@ class PatchSampler(nn.Module):
     Input ``(B, N, D)`` with ``num_prefix_tokens`` leading class/register tokens; output
     ``(B, num_prefix_tokens + num_keep, D)``. At a rate of 1 the input is returned unchanged.
     The indices of the last sampling are kept in ``keep_indices`` (``None`` when all were kept)
-    for models whose attention needs the kept positions, and for visualisation.
+    for models whose attention needs the kept positions, and for visualisation. ``num_patches``
+    is the model's patch count at its configured image size, recorded by :func:`attach` for
+    :func:`token_count` (``None`` if unknown).
     """
 
     def __init__(
@@ -38,6 +42,7 @@ class PatchSampler(nn.Module):
         num_prefix_tokens: int = 1,
         generator: Optional[torch.Generator] = None,
         return_indices: bool = False,
+        num_patches: Optional[int] = None,
     ) -> None:
         super().__init__()
         get_sampler(sampler)
@@ -45,6 +50,7 @@ class PatchSampler(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.generator = generator
         self.return_indices = return_indices
+        self.num_patches = num_patches
         self.train_keep_rate = 1.0
         self.inference_keep_rate: Optional[float] = None
         self.keep_indices: Optional[torch.Tensor] = None
@@ -70,7 +76,8 @@ class PatchSampler(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"sampler={self.sampler!r}, num_prefix_tokens={self.num_prefix_tokens}, "
-                f"train_keep_rate={self.train_keep_rate}, inference_keep_rate={self.inference_keep_rate}")
+                f"num_patches={self.num_patches}, train_keep_rate={self.train_keep_rate}, "
+                f"inference_keep_rate={self.inference_keep_rate}")
 
 
 # Model families: (predicate, installer). An installer puts a PatchSampler into the model.
@@ -163,14 +170,55 @@ def keep_rate(model: nn.Module, rate: float) -> Iterator[nn.Module]:
             m.train_keep_rate, m.inference_keep_rate = train_rate, inference_rate
 
 
-__all__ = [
-    "PatchSampler", "attach", "set_keep_rate", "set_sampler", "keep_rate", "get_keep_indices",
-    "patch_samplers", "register_family", "supported_families", "token_count", "SAMPLERS",
-]
+def num_patches(model: nn.Module) -> int:
+    """Patches per image at the model's configured image size, as its family told :func:`attach`."""
+    sampler = _samplers_or_raise(model)[0]
+    if sampler.num_patches is None:
+        raise TypeError(f"the patch sampler of {type(model).__name__} does not know the number of patches: its "
+                        f"family's installer must pass num_patches= to PatchSampler")
+    return sampler.num_patches
 
 
 def token_count(model: nn.Module, rate: float) -> int:
-    """Tokens per image that reach the first block at keep ``rate`` (prefix tokens included)."""
+    """Tokens per image that reach the first block at keep ``rate`` (prefix tokens included).
+
+    Counted for the model's configured image size; works before any forward.
+    """
     sampler = _samplers_or_raise(model)[0]
-    num_patches = model.patch_embed.num_patches
-    return sampler.num_prefix_tokens + keep_count(check_keep_rate(rate), num_patches)
+    return sampler.num_prefix_tokens + keep_count(check_keep_rate(rate), num_patches(model))
+
+
+def check_full_grid(module: nn.Module, what: str, way_out: str) -> None:
+    """ValueError if ``module`` drops patches although ``what`` folds its tokens back into the patch grid."""
+    rate = min((s.active_keep_rate for s in patch_samplers(module)), default=1.0)
+    if rate < 1.0:
+        raise ValueError(f"{what} reshapes the tokens into the patch grid, so it needs all patches but runs "
+                         f"at keep rate {rate}: {way_out}")
+
+
+def _forward_intermediates_checked(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The class's ``forward_intermediates``, refusing a grid (NCHW) output when patches are dropped."""
+    stock = type(module).forward_intermediates
+    call = inspect.signature(stock).bind(module, *args, **kwargs)
+    call.apply_defaults()
+    if call.arguments.get("output_fmt") == "NCHW":
+        check_full_grid(module, "forward_intermediates(output_fmt='NCHW')",
+                        "pass output_fmt='NLC' or use vitpss.keep_rate(model, 1.0)")
+    return stock(module, *args, **kwargs)
+
+
+def guard_grid_intermediates(module: nn.Module) -> None:
+    """Make ``module.forward_intermediates`` raise ValueError for a grid output below keep rate 1.
+
+    timm-style ``forward_intermediates(output_fmt="NCHW")`` reshapes the patch tokens into the
+    grid; with fewer tokens that fails or, when the numbers happen to divide, returns a tensor of
+    the wrong shape. NLC output and keep rate 1 run the stock method unchanged.
+    """
+    # a partial, not a bound method, so that the model still pickles
+    module.forward_intermediates = functools.partial(_forward_intermediates_checked, module)
+
+
+__all__ = [
+    "PatchSampler", "attach", "set_keep_rate", "set_sampler", "keep_rate", "get_keep_indices",
+    "patch_samplers", "register_family", "supported_families", "token_count", "num_patches", "SAMPLERS",
+]

@@ -17,15 +17,13 @@ This module never imports ``open_clip`` unless the user already has.
 
 from __future__ import annotations
 
-import inspect
 import sys
-import types
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .core import PatchSampler, attach, patch_samplers, register_family
+from .core import PatchSampler, attach, guard_grid_intermediates, register_family
 
 FAMILY = ("open_clip VisionTransformer and timm towers (visual.trunk), or a whole CLIP / "
           "CustomTextCLIP / CoCa model (its visual tower)")
@@ -44,28 +42,14 @@ def vision_tower(model: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def _forward_intermediates_checked(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The class's ``forward_intermediates``, refusing a grid (NCHW) output when patches are dropped."""
-    stock = type(self).forward_intermediates
-    call = inspect.signature(stock).bind(self, *args, **kwargs)
-    call.apply_defaults()
-    rate = min((s.active_keep_rate for s in patch_samplers(self)), default=1.0)
-    if call.arguments.get("output_fmt") == "NCHW" and rate < 1.0:
-        raise ValueError(
-            f"forward_intermediates(output_fmt='NCHW') reshapes the tokens into the patch grid, so it "
-            f"needs all patches but runs at keep rate {rate}: pass output_fmt='NLC' or use "
-            f"vitpss.keep_rate(model, 1.0)")
-    return stock(self, *args, **kwargs)
-
-
 def _install(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     tower = vision_tower(model)
-    if hasattr(tower, "trunk"):  # TimmModel: a timm model inside an adapter
-        tower = attach(tower.trunk, sampler, generator)
-    else:
-        tower.patch_dropout = PatchSampler(sampler, 1, generator)  # takes over open_clip's PatchDropout
-    if hasattr(tower, "forward_intermediates"):
-        tower.forward_intermediates = types.MethodType(_forward_intermediates_checked, tower)
+    if hasattr(tower, "trunk"):  # TimmModel: a timm model inside an adapter; its family guards the grid output
+        attach(tower.trunk, sampler, generator)
+        return
+    # takes over open_clip's PatchDropout
+    tower.patch_dropout = PatchSampler(sampler, 1, generator, num_patches=tower.grid_size[0] * tower.grid_size[1])
+    guard_grid_intermediates(tower)
 
 
 register_family(FAMILY, lambda model: vision_tower(model) is not None, _install)

@@ -16,7 +16,9 @@ materialised per block, as SDPA needs it.
 **EVA** (``timm.models.eva.Eva``) already calls ``self.patch_drop(x) -> (x, keep_indices)`` and
 gathers its rotary embedding at ``keep_indices`` (timm's ``apply_keep_indices_nlc``); an absolute
 position embedding is added before sampling. Putting a :class:`~vitpss.patching.PatchSampler`
-with ``return_indices=True`` in that slot is all it takes.
+with ``return_indices=True`` in that slot is all it takes. As for ViT,
+``forward_intermediates(output_fmt="NCHW")`` raises :class:`ValueError` at a keep rate below 1;
+BEiT's ``forward_intermediates`` runs all patches whatever the rate (timm gives it no slot).
 
 Both installers add no parameters or buffers: ``state_dict`` keys stay those of the timm model.
 At a keep rate of 1 the stock code runs, so outputs are bit-identical to the unmodified model.
@@ -31,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import PatchSampler, register_family
+from .core import guard_grid_intermediates, register_family
+from .vit import timm_patch_sampler
 
 
 class KeptPairs(NamedTuple):
@@ -291,7 +294,8 @@ def _is_beit(model: nn.Module) -> bool:
 
 
 def _install_beit(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
-    model.patch_drop = PatchSampler(sampler, model.num_prefix_tokens, generator, return_indices=True)
+    # timm's Beit.forward_intermediates has no patch_drop slot: it runs all patches at any rate
+    model.patch_drop = timm_patch_sampler(model, sampler, generator, return_indices=True)
     model.forward_features = types.MethodType(_beit_forward_features, model)
     for block in model.blocks:
         block.forward = types.MethodType(_beit_block_forward, block)
@@ -306,7 +310,8 @@ def _is_eva(model: nn.Module) -> bool:
 
 def _install_eva(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     # Eva._pos_embed calls ``x, keep = self.patch_drop(x)`` and gathers RoPE at ``keep`` itself.
-    model.patch_drop = PatchSampler(sampler, model.num_prefix_tokens, generator, return_indices=True)
+    model.patch_drop = timm_patch_sampler(model, sampler, generator, return_indices=True)
+    guard_grid_intermediates(model)
 
 
 register_family("timm Beit (BEiT, BEiT v2, SimMIM ViT; per-block and shared relative position bias)",

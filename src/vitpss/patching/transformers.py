@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .core import PatchSampler, patch_samplers, register_family
+from .core import PatchSampler, check_full_grid, register_family
 
 # Embeddings module class -> number of prefix (class, distillation, register) tokens it emits.
 PREFIX_TOKENS: dict[str, Callable[[nn.Module], int]] = {
@@ -65,21 +65,24 @@ def _sample_after_embeddings(embeddings: nn.Module, args: tuple, output: torch.T
     return embeddings.patch_sampler(output)
 
 
+def _num_patches(embeddings: nn.Module) -> int:
+    """Patches per image at the configured image size (CLIP and SigLIP keep the count on the
+    embeddings, the others on their ``patch_embeddings``)."""
+    return int(getattr(embeddings, "num_patches", None) or embeddings.patch_embeddings.num_patches)
+
+
 def _refuse_dropped_grid(model: nn.Module, args: tuple) -> None:
-    if not GRID_MODELS[type(model).__name__](model):
-        return
-    rates = {s.active_keep_rate for s in patch_samplers(model)}
-    if min(rates, default=1.0) < 1.0:
-        raise ValueError(
-            f"{type(model).__name__} reshapes the tokens back into the patch grid, so it needs all "
-            f"patches but runs at keep rate {min(rates)}: use vitpss.set_keep_rate(model, 1.0), or "
-            f"attach to a model without a grid head (e.g. reshape_hidden_states=False for a backbone)")
+    if GRID_MODELS[type(model).__name__](model):
+        check_full_grid(model, type(model).__name__,
+                        "use vitpss.set_keep_rate(model, 1.0), or attach to a model without a grid head "
+                        "(e.g. reshape_hidden_states=False for a backbone)")
 
 
 def _install(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     for embeddings in embedding_modules(model):
         num_prefix_tokens = PREFIX_TOKENS[type(embeddings).__name__](embeddings)
-        embeddings.patch_sampler = PatchSampler(sampler, num_prefix_tokens, generator)
+        embeddings.patch_sampler = PatchSampler(sampler, num_prefix_tokens, generator,
+                                                num_patches=_num_patches(embeddings))
         if _sample_after_embeddings not in embeddings._forward_hooks.values():
             embeddings.register_forward_hook(_sample_after_embeddings)
     for module in model.modules():
