@@ -375,7 +375,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines += ["",
               f"mean keep rate    {plan['mean_keep_rate']:.3f}",
               f"compute fraction  {plan['compute_fraction']:.3f}  (training FLOPs over the same steps at keep rate 1)",
-              f"time fraction     " + (f"{tf:.3f}  (predicted from {basis})" if tf is not None
+              "time fraction     " + (f"{tf:.3f}  (predicted from {basis})" if tf is not None
                                        else "-  (not measured: --no-measure)")]
     if data:
         lines += [f"model alone       {plan['model_time_fraction']:.3f}  (time fraction if data were free)",
