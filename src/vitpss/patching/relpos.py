@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import PatchSampler, register_family
+from .vit import install_timm_sampler
 
 
 class KeptPairs(NamedTuple):
@@ -291,7 +292,7 @@ def _is_beit(model: nn.Module) -> bool:
 
 
 def _install_beit(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
-    model.patch_drop = PatchSampler(sampler, model.num_prefix_tokens, generator, return_indices=True)
+    install_timm_sampler(model, PatchSampler(sampler, model.num_prefix_tokens, generator, return_indices=True))
     model.forward_features = types.MethodType(_beit_forward_features, model)
     for block in model.blocks:
         block.forward = types.MethodType(_beit_block_forward, block)
@@ -306,7 +307,7 @@ def _is_eva(model: nn.Module) -> bool:
 
 def _install_eva(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     # Eva._pos_embed calls ``x, keep = self.patch_drop(x)`` and gathers RoPE at ``keep`` itself.
-    model.patch_drop = PatchSampler(sampler, model.num_prefix_tokens, generator, return_indices=True)
+    install_timm_sampler(model, PatchSampler(sampler, model.num_prefix_tokens, generator, return_indices=True))
 
 
 register_family("timm Beit (BEiT, BEiT v2, SimMIM ViT; per-block and shared relative position bias)",
