@@ -242,3 +242,52 @@ def test_default_models_linear_patch_embedding_equals_timms_convolution():
     torch.testing.assert_close(model.patch_embed.proj.weight.grad, reference.proj.weight.grad, atol=1e-5, rtol=1e-5)
     with pytest.raises(AssertionError, match="doesn't match model"):  # other sizes: timm's checks and convolution
         model.patch_embed(torch.randn(1, 1, 35, 35))
+
+
+TIMM_FAMILIES = {"vit": "vit_tiny_patch16_224", "beit": "beit_base_patch16_224", "eva": "eva02_tiny_patch14_224"}
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_FAMILIES))
+@pytest.mark.parametrize("sampler", ["random", "gumbel-magnitude"])
+def test_noise_drawn_before_the_forward_equals_the_noise_the_forward_draws(family, sampler):
+    # model(x) draws in the pre-hook (what torch.compile needs); model.forward(x) skips hooks and draws inside
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kept, states = [], []
+    for call in ("__call__", "forward"):
+        generator = torch.Generator().manual_seed(5)
+        model = vitpss.attach(tiny(TIMM_FAMILIES[family]), sampler=sampler, generator=generator).train()
+        vitpss.set_keep_rate(model, 0.5)
+        for _ in range(2):
+            getattr(model, call)(x)
+            kept.append(vitpss.get_keep_indices(model))
+        states.append(generator.get_state())
+        assert model.patch_drop.noise is None  # used up by the forward
+    assert all(torch.equal(a, b) for a, b in zip(kept[:2], kept[2:]))
+    assert torch.equal(*states)
+
+
+@pytest.mark.parametrize("sampler,mode,rate", [("random", "train", 1.0), ("magnitude", "train", 0.5),
+                                               ("gumbel-magnitude", "eval", 0.5)])
+def test_pre_hook_draws_nothing_when_the_forward_samples_without_noise(sampler, mode, rate):
+    generator = torch.Generator().manual_seed(5)
+    model = getattr(vitpss.attach(tiny(), sampler=sampler, generator=generator), mode)()
+    before = generator.get_state()
+    with vitpss.keep_rate(model, rate):
+        model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(generator.get_state(), before)
+
+
+def test_attaching_twice_keeps_one_noise_hook():
+    model = vitpss.attach(vitpss.attach(tiny(), sampler="magnitude"), sampler="random")
+    assert len(model._forward_pre_hooks) == 1
+
+
+def test_noise_drawn_for_other_tokens_is_replaced_by_a_fresh_draw():
+    x = torch.randn(3, 17, 8)
+    kept = []
+    for stale in (None, torch.rand(2, 16)):  # e.g. left by a forward that failed before the sampler
+        sampler = PatchSampler("random", 1, torch.Generator().manual_seed(5)).train()
+        sampler.train_keep_rate, sampler.noise = 0.5, stale
+        sampler(x)
+        kept.append(sampler.keep_indices)
+    assert torch.equal(*kept)

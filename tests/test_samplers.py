@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitpss.samplers import SAMPLERS, gather_tokens, get_sampler, keep_count, magnitude_indices, random_indices
+from vitpss.samplers import (NOISE_SAMPLERS, SAMPLERS, gather_tokens, get_sampler, keep_count, magnitude_indices,
+                             patch_noise, random_indices)
 
 
 @settings(max_examples=300, deadline=None)
@@ -90,3 +91,18 @@ def test_every_sampler_draws_only_from_the_generator_it_is_given(name):
     second = get_sampler(name)(x, 1, 5, torch.Generator().manual_seed(7))
     assert torch.equal(first, second)
     assert torch.equal(torch.get_rng_state(), global_state)
+
+
+@pytest.mark.parametrize("name", sorted(NOISE_SAMPLERS))
+def test_random_samplers_given_patch_noise_pick_what_they_pick_when_drawing_it(name):
+    x = torch.randn(4, 17, 8, generator=torch.Generator().manual_seed(0))
+    drawn = get_sampler(name)(x, 1, 5, torch.Generator().manual_seed(7))
+    noise = patch_noise(4, 16, x.device, torch.Generator().manual_seed(7))
+    assert torch.equal(get_sampler(name)(x, 1, 5, noise=noise), drawn)
+
+
+@pytest.mark.parametrize("name", sorted(NOISE_SAMPLERS))
+def test_random_samplers_reject_noise_of_another_shape(name):
+    x = torch.randn(4, 17, 8)
+    with pytest.raises(ValueError, match=r"noise has shape \(4, 17\) but the tokens need \(4, 16\)"):
+        get_sampler(name)(x, 1, 5, noise=torch.rand(4, 17))

@@ -5,6 +5,10 @@ first ``num_prefix_tokens`` are class/register tokens (always kept, never scored
 ``keep_indices`` of shape ``(B, num_keep)``: per-sample indices into the ``N - num_prefix_tokens``
 patch tokens, sorted in spatial order. The same ``num_keep`` applies to every sample, so the batch
 stays one dense tensor.
+
+The random samplers (:data:`NOISE_SAMPLERS`) draw uniform noise ``(B, N - num_prefix_tokens)``
+with :func:`patch_noise` from ``generator``, or take that noise already drawn as ``noise``: dynamo
+cannot trace a draw from a ``torch.Generator``, so a compiled model gets it drawn before the call.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from typing import Callable, Optional
 import torch
 
 SamplerFn = Callable[[torch.Tensor, int, int, Optional[torch.Generator]], torch.Tensor]
+
+#: Samplers that take ``noise`` from :func:`patch_noise` (drawn with their generator when not given).
+NOISE_SAMPLERS = frozenset({"random", "gumbel-magnitude"})
 
 
 def keep_count(keep_rate: float, num_patches: int) -> int:
@@ -27,15 +34,35 @@ def keep_count(keep_rate: float, num_patches: int) -> int:
     return max(1, min(num_patches, math.floor(keep_rate * num_patches + 0.5 + 1e-9)))
 
 
+def patch_noise(batch_size: int, num_patches: int, device: torch.device,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Uniform ``[0, 1)`` noise ``(batch_size, num_patches)``: the draw of the random samplers."""
+    return torch.rand(batch_size, num_patches, device=device, generator=generator)
+
+
+def _noise_for(x: torch.Tensor, num_prefix_tokens: int, generator: Optional[torch.Generator],
+               noise: Optional[torch.Tensor]) -> torch.Tensor:
+    shape = (x.shape[0], x.shape[1] - num_prefix_tokens)
+    if noise is None:
+        return patch_noise(*shape, device=x.device, generator=generator)
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)} but the tokens need {shape} "
+                         f"(batch, patch tokens): draw it with patch_noise(*{shape}, ...)")
+    return noise
+
+
 def random_indices(
     x: torch.Tensor,
     num_prefix_tokens: int,
     num_keep: int,
     generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """A uniformly random subset of ``num_keep`` patches per sample: ``(B, num_keep)``."""
-    batch, num_patches = x.shape[0], x.shape[1] - num_prefix_tokens
-    noise = torch.rand(batch, num_patches, device=x.device, generator=generator)
+    """A uniformly random subset of ``num_keep`` patches per sample: ``(B, num_keep)``.
+
+    The ``num_keep`` patches with the largest ``noise`` (drawn with ``generator`` when not given).
+    """
+    noise = _noise_for(x, num_prefix_tokens, generator, noise)
     return noise.topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
 
 
@@ -60,18 +87,20 @@ def gumbel_magnitude_indices(
     num_prefix_tokens: int,
     num_keep: int,
     generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """A random subset that favours large-L1-norm patches (not part of the paper).
 
     Gumbel top-k: samples ``num_keep`` patches without replacement with probabilities
     ``softmax(z)``, where ``z`` is the per-image standardised L1 norm. Unlike ``magnitude`` the
     model sees every patch sometimes, so it does not learn only the highest-norm patches. In eval
-    mode :class:`vitpss.PatchSampler` uses the deterministic top-k (``magnitude``) instead.
+    mode :class:`vitpss.PatchSampler` uses the deterministic top-k (``magnitude``) instead. The
+    Gumbel noise is computed from uniform ``noise`` (drawn with ``generator`` when not given).
     """
     with torch.no_grad():
         scores = x[:, num_prefix_tokens:].abs().sum(dim=-1).float()
         z = (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True, correction=0) + 1e-6)
-        uniform = torch.rand(z.shape, device=x.device, generator=generator).clamp_(1e-9, 1.0)
+        uniform = _noise_for(x, num_prefix_tokens, generator, noise).clamp(1e-9, 1.0)
         gumbel = -torch.log(-torch.log(uniform))
         return (z + gumbel).topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..samplers import SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count
+from ..samplers import NOISE_SAMPLERS, SAMPLERS, gather_tokens, get_sampler, inference_sampler, keep_count, patch_noise
 
 
 class PatchSampler(nn.Module):
@@ -34,11 +34,17 @@ class PatchSampler(nn.Module):
     for models whose attention needs the kept positions, and for visualisation. ``num_patches``
     is the model's patch count at its configured image size, recorded by :func:`attach` for
     :func:`token_count` (``None`` if unknown).
+
+    The random samplers draw their noise from ``generator`` in the forward, unless
+    :meth:`draw_noise` drew it before the call: the timm families do that in a forward pre-hook
+    on the model, so that ``torch.compile(model)`` traces the forward without a graph break
+    (dynamo cannot trace a draw from a ``torch.Generator``; the pre-hooks of the module given to
+    ``torch.compile`` run outside the compiled code). Same generator, same draws, either way.
     """
 
     def __init__(
         self,
-        sampler: str = "magnitude",
+        sampler: str = "random",
         num_prefix_tokens: int = 1,
         generator: Optional[torch.Generator] = None,
         return_indices: bool = False,
@@ -54,6 +60,7 @@ class PatchSampler(nn.Module):
         self.train_keep_rate = 1.0
         self.inference_keep_rate: Optional[float] = None
         self.keep_indices: Optional[torch.Tensor] = None
+        self.noise: Optional[torch.Tensor] = None  # drawn by draw_noise() for the next forward only
 
     @property
     def active_keep_rate(self) -> float:
@@ -61,17 +68,40 @@ class PatchSampler(nn.Module):
             return self.train_keep_rate
         return 1.0 if self.inference_keep_rate is None else self.inference_keep_rate
 
-    def forward(self, x: torch.Tensor):
-        self.keep_indices = None
+    def _sampling(self, num_patches: int) -> Optional[tuple[str, int]]:
+        """``(sampler name, num_keep)`` the next forward over ``num_patches`` patch tokens uses,
+        or ``None`` when it keeps them all."""
         rate = self.active_keep_rate
+        if rate >= 1.0 or num_patches <= 0:
+            return None
+        num_keep = keep_count(rate, num_patches)
+        if num_keep == num_patches:
+            return None
+        # random-in-training samplers (gumbel-magnitude) pick deterministically in eval mode
+        return (self.sampler if self.training else inference_sampler(self.sampler)), num_keep
+
+    def draw_noise(self, batch_size: int, num_patches: int, device: torch.device) -> None:
+        """Draw the noise of the next forward now, from ``generator``, if that forward needs any.
+
+        Call it outside a compiled region, right before the model's forward (nothing else may draw
+        from ``generator`` in between, or the draws change). Without a generator the samplers draw
+        from torch's global RNG, which dynamo traces, and nothing is drawn here.
+        """
+        plan = self._sampling(num_patches)
+        needs_noise = self.generator is not None and plan is not None and plan[0] in NOISE_SAMPLERS
+        self.noise = patch_noise(batch_size, num_patches, device, self.generator) if needs_noise else None
+
+    def forward(self, x: torch.Tensor):
+        noise, self.noise, self.keep_indices = self.noise, None, None
         num_patches = x.shape[1] - self.num_prefix_tokens
-        if rate < 1.0 and num_patches > 0:
-            num_keep = keep_count(rate, num_patches)
-            if num_keep < num_patches:
-                # random-in-training samplers (gumbel-magnitude) pick deterministically in eval mode
-                fn = get_sampler(self.sampler if self.training else inference_sampler(self.sampler))
-                self.keep_indices = fn(x, self.num_prefix_tokens, num_keep, self.generator)
-                x = gather_tokens(x, self.num_prefix_tokens, self.keep_indices)
+        plan = self._sampling(num_patches)
+        if plan is not None:
+            name, num_keep = plan
+            if noise is not None and tuple(noise.shape) == (x.shape[0], num_patches):
+                self.keep_indices = get_sampler(name)(x, self.num_prefix_tokens, num_keep, noise=noise)
+            else:  # nothing drawn ahead, or drawn for other tokens (a forward that did not reach here)
+                self.keep_indices = get_sampler(name)(x, self.num_prefix_tokens, num_keep, self.generator)
+            x = gather_tokens(x, self.num_prefix_tokens, self.keep_indices)
         return (x, self.keep_indices) if self.return_indices else x
 
     def extra_repr(self) -> str:

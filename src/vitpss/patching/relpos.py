@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import guard_grid_intermediates, register_family
-from .vit import timm_patch_sampler
+from .vit import install_timm_sampler, timm_patch_sampler
 
 
 class KeptPairs(NamedTuple):
@@ -295,7 +295,7 @@ def _is_beit(model: nn.Module) -> bool:
 
 def _install_beit(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     # timm's Beit.forward_intermediates has no patch_drop slot: it runs all patches at any rate
-    model.patch_drop = timm_patch_sampler(model, sampler, generator, return_indices=True)
+    install_timm_sampler(model, timm_patch_sampler(model, sampler, generator, return_indices=True))
     model.forward_features = types.MethodType(_beit_forward_features, model)
     for block in model.blocks:
         block.forward = types.MethodType(_beit_block_forward, block)
@@ -310,7 +310,7 @@ def _is_eva(model: nn.Module) -> bool:
 
 def _install_eva(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     # Eva._pos_embed calls ``x, keep = self.patch_drop(x)`` and gathers RoPE at ``keep`` itself.
-    model.patch_drop = timm_patch_sampler(model, sampler, generator, return_indices=True)
+    install_timm_sampler(model, timm_patch_sampler(model, sampler, generator, return_indices=True))
     guard_grid_intermediates(model)
 
 

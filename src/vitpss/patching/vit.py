@@ -1,13 +1,15 @@
 """timm ``VisionTransformer`` family (ViT, DeiT, DeiT-III, register models).
 
 The model calls ``self.patch_drop(x)`` right after the position embedding; the sampler takes
-that slot, so no forward is replaced. ``forward_intermediates(output_fmt="NCHW")`` folds the
-tokens back into the patch grid and raises :class:`ValueError` at a keep rate below 1
-(``output_fmt="NLC"`` works at any rate).
+that slot, so no forward is replaced. A forward pre-hook draws the random samplers' noise before the
+model's forward (see :class:`~vitpss.patching.PatchSampler`), for every timm family.
+``forward_intermediates(output_fmt="NCHW")`` folds the tokens back into the patch grid and raises
+:class:`ValueError` at a keep rate below 1 (``output_fmt="NLC"`` works at any rate).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -30,9 +32,26 @@ def _is_vision_transformer(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
+@torch.compiler.disable  # runs as plain Python: a traced draw from a generator would split the graph
+def draw_patch_noise(model: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of a timm model with a sampler in ``patch_drop``: draw its noise for ``args[0]``."""
+    grid_size = getattr(model.patch_embed, "dynamic_feat_size", None)  # timm's patch and hybrid embeddings
+    if grid_size is not None and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+        images = args[0]
+        model.patch_drop.draw_noise(images.shape[0], math.prod(grid_size(tuple(images.shape[-2:]))), images.device)
+    # otherwise the sampler draws the noise in the forward
+
+
+def install_timm_sampler(model: nn.Module, sampler: PatchSampler) -> None:
+    """Put ``sampler`` in ``model.patch_drop`` and draw its noise before each forward (hook added once)."""
+    model.patch_drop = sampler
+    if draw_patch_noise not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(draw_patch_noise)
+
+
 def _install_vision_transformer(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     # A pre-existing timm PatchDropout is replaced: PSS takes over its job.
-    model.patch_drop = timm_patch_sampler(model, sampler, generator)
+    install_timm_sampler(model, timm_patch_sampler(model, sampler, generator))
     guard_grid_intermediates(model)
 
 
