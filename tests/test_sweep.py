@@ -124,6 +124,17 @@ def test_sweep_command_writes_contract_json_and_plot_beside_the_checkpoint(tiny_
     assert "| 0.25 |" in capsys.readouterr().out
 
 
+def test_eval_with_random_patches_gives_the_same_numbers_every_time(tiny_run, capsys):
+    # the run's sampler is random: at keep rate 0.5 each eval draws patches from a generator seeded
+    # with the run's seed, not from the process's unseeded global RNG
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(len(outputs))  # a different global RNG state each time
+        assert main(["eval", "--checkpoint", str(tiny_run / "best.pt"), "--keep-rate", "0.5", "--device", "cpu"]) == 0
+        outputs.append(capsys.readouterr().out.split("(")[0])
+    assert outputs[0] == outputs[1]
+
+
 def test_checkpoint_figures_render(tiny_run, tmp_path):
     patches, freq = tmp_path / "patches.png", tmp_path / "freq.pdf"
     assert main(["plot", "patches", "--checkpoint", str(tiny_run / "best.pt"), "--keep-rates", "1.0,0.5",

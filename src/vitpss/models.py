@@ -166,12 +166,14 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
     """Rebuild the model of a ``vitpss train`` checkpoint (file or run directory) and load its weights.
 
     The checkpoint carries its config, so no model flags are needed. ``ema=True`` loads the EMA
-    weights. Returns ``(model in eval mode on device, config)``.
+    weights. A random sampler draws from a generator seeded with the run's ``seed``, so evaluating
+    at a keep rate below 1 gives the same numbers every time. Returns ``(model in eval mode on
+    device, config)``.
     """
     path = checkpoint_path(path)
     ckpt = load_checkpoint(path)
     cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
-    model = build_model(cfg)
+    model = build_model(cfg, torch.Generator(torch.device(device)).manual_seed(cfg.seed))
     state = ckpt["ema"] if ema else ckpt["model"]
     if state is None:
         raise UsageError(f"{path} has no EMA weights (the run used --ema-decay 0): drop --ema")
