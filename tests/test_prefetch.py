@@ -31,7 +31,7 @@ def float_batches(ds, loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("augment", ["none", "pad-crop"])
+@pytest.mark.parametrize("augment", ["none", "pad-crop", "randaug"])  # randaug: the same erasing on both paths
 def test_in_memory_uint8_batches_equal_the_float_path(tmp_path, augment):
     cfg = TrainConfig(data=str(make_image_folder(tmp_path, size=16, per_class=6)), img_size=16, batch_size=4,
                       augment=augment, in_memory="on")

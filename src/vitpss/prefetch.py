@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .seeding import seeded_uniforms
 
-__all__ = ["DevicePrefetcher", "erase_boxes"]
+__all__ = ["DevicePrefetcher", "erase_boxes", "random_erase_"]
 
 ERASE_ATTEMPTS = 10  # timm's RandomErasing tries 10 boxes before giving up on an image
 
@@ -50,6 +50,20 @@ def erase_boxes(seeds: Sequence[int] | np.ndarray, height: int, width: int, prob
     top = np.floor(u[:, 3::4][rows, first] * (height - h + 1)).astype(np.int64)
     left = np.floor(u[:, 4::4][rows, first] * (width - w + 1)).astype(np.int64)
     return np.stack([top, left, h, w], axis=1)
+
+
+def random_erase_(images: torch.Tensor, seeds: Sequence[int] | np.ndarray, probability: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Random erasing of normalised ``images`` in place, on their device: the boxes of
+    :func:`erase_boxes`, each filled with N(0, 1) noise from ``generator`` reseeded with the image's
+    seed (so an image's pixels do not depend on its batch). Returns ``images``."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    boxes = erase_boxes(seeds, images.shape[-2], images.shape[-1], probability)
+    for i in np.flatnonzero(boxes[:, 2]):  # box sizes are host numbers: nothing waits for the device
+        top, left, h, w = (int(v) for v in boxes[i])
+        generator.manual_seed(int(seeds[i]) + 1)
+        images[i, :, top:top + h, left:left + w].normal_(generator=generator)
+    return images
 
 
 class DevicePrefetcher:
@@ -86,12 +100,7 @@ class DevicePrefetcher:
         if self.mean is not None:
             x = x.float().sub_(self.mean).div_(self.std)
         if self.erase_generator is not None and len(batch) > 2:
-            seeds = batch[2].numpy()
-            boxes = erase_boxes(seeds, x.shape[-2], x.shape[-1], self.erase_probability)
-            for i in np.flatnonzero(boxes[:, 2]):  # box sizes are host numbers: nothing waits for the device
-                top, left, h, w = (int(v) for v in boxes[i])
-                self.erase_generator.manual_seed(int(seeds[i]) + 1)
-                x[i, :, top:top + h, left:left + w].normal_(generator=self.erase_generator)
+            random_erase_(x, batch[2].numpy(), self.erase_probability, self.erase_generator)
         return x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
