@@ -213,7 +213,7 @@ class Trainer:
             st.epoch_time_s = 0.0
         self.epoch_losses = []
         self.net.train()
-        batches = iter(self.train_loader)
+        batches = iter(self.train_loader)  # a DevicePrefetcher (build_loader): batches arrive on self.device
         last_cpu = time.process_time()
         for step in range(st.step, (epoch + 1) * self.steps_per_epoch):
             rate = self.schedule(step)  # constant over the optimiser step's micro-batches
@@ -230,7 +230,6 @@ class Trainer:
                     start = self.timer.mark()
                 else:
                     late_data_time += waited
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with self.gradient_sync(micro == accum - 1):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         loss = self.task.loss(self.net, x, y)
