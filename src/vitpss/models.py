@@ -79,8 +79,9 @@ class LinearPatchEmbed(PatchEmbed):
     """timm's ``PatchEmbed`` computed as one matrix product over the flattened patches.
 
     A convolution whose stride equals its kernel is that product. On a CPU, for the default
-    model's 28-px images, the convolution's fixed cost was most of the embedding's time (forward
-    and backward ~0.5 ms of a 6 ms step at keep rate 0.2; this: ~0.15 ms). Same parameters
+    model's 28-px images, the convolution's forward and backward took ~0.5 ms of a 6-7 ms step at
+    keep rate 0.2 (torch.profiler), mostly fixed cost; the product cut the step's fixed part by
+    0.35 ms (4.04 -> 3.69 ms, docs/benchmarks.md). Same parameters
     (``proj``), same state_dict, the same output up to float rounding; any input the product does
     not cover (another image size, padding) goes through timm's convolution.
     """
