@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import UsageError
+from .resolution import TOKEN_MODES
 from .samplers import SAMPLERS
 from .schedules import SCHEDULES, KeepRateSchedule, build_schedule
 
@@ -96,6 +97,12 @@ class TrainConfig:
     cooldown_epochs: int = _opt(0, "last epochs trained with all patches")
     period_steps: int | None = _opt(None, "cyclic period in steps (default: one epoch)")
     sampler: str = _opt("random", "patch sampler: " + ", ".join(SAMPLERS))
+    tokens: str = _opt("sample", "how a keep rate below 1 gives fewer tokens: sample (drop patches) or resize "
+                                 "(a smaller image, every patch of it; timm ViTs)")
+    budget: float | None = _opt(None, "train within this fraction of the time of --epochs epochs at all patches: "
+                                      "vitpss measures step costs and chooses the epochs (e.g. 1 = same time)")
+    budget_epochs: int | None = _opt(None, "set by --budget: the all-patch epochs the budget refers to (--epochs "
+                                           "then holds the chosen count)")
     # Run.
     seed: int = _opt(0, "random seed")
     output: str | None = _opt(None, "run directory (default runs/train-<date>-<time>)")
@@ -235,6 +242,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "accum_steps": (lambda v: v >= 1, ">= 1"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "max_steps": (lambda v: v >= 1, ">= 1"),
+    "budget": (lambda v: 0 < v <= 10, "in (0, 10] (a fraction of the all-patch time)"),
+    "budget_epochs": (lambda v: v >= 1, ">= 1"),
 }
 
 _CHOICES: dict[str, typing.Sequence[str]] = {
@@ -245,6 +254,7 @@ _CHOICES: dict[str, typing.Sequence[str]] = {
     "schedule": SCHEDULES,
     "sampler": tuple(SAMPLERS),
     "on_bad_image": BAD_IMAGE_CHOICES,
+    "tokens": TOKEN_MODES,
 }
 
 

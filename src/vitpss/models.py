@@ -145,14 +145,23 @@ def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -
     """``timm.create_model(cfg.model, ...)`` with the config's overrides, then ``vitpss.attach(cfg.sampler)``.
 
     Overrides: img_size, patch_size, embed_dim, depth, num_heads, in_chans, global_pool (None =
-    the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10).
+    the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10);
+    ``cfg.tokens == "resize"`` adds timm's ``dynamic_img_size=True`` (the model reads smaller images).
     ``generator`` seeds the ``random`` sampler. Bad names/settings raise UsageError.
     """
     check_model_name(cfg.model)
     kwargs = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
+    resize = cfg.tokens == "resize"
     try:
-        model = timm.create_model(cfg.model, num_classes=cfg.num_classes or 10, drop_path_rate=cfg.drop_path, **kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as err:
+        model = timm.create_model(cfg.model, num_classes=cfg.num_classes or 10, drop_path_rate=cfg.drop_path,
+                                  **kwargs, **({"dynamic_img_size": True} if resize else {}))
+    except TypeError as err:
+        if resize and "dynamic_img_size" in str(err):
+            raise UsageError(f"--tokens resize needs a model that reads smaller images (timm's dynamic_img_size, "
+                             f"e.g. ViT/DeiT and EVA); {cfg.model} has none: use --tokens sample") from None
+        shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        raise UsageError(f"cannot build {cfg.model} with {shown or 'its defaults'}: {err or type(err).__name__}") from None
+    except (ValueError, AssertionError, RuntimeError, KeyError) as err:
         shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
         raise UsageError(f"cannot build {cfg.model} with {shown or 'its defaults'}: {err or type(err).__name__}") from None
     try:

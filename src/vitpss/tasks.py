@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoint import CHECKPOINT_FORMAT, PRETRAIN_FORMAT
 from .config import MaskConfig, TrainConfig
+from .resolution import equivalent_keep_rates
 from .schedules import KeepRateSchedule
 from .engine import all_reduce_sum, evaluate
 from .errors import UsageError
@@ -121,8 +122,11 @@ class ClassificationTask(Task):
         return summary
 
     def summary_extras(self, state: Any, model: nn.Module, schedule: KeepRateSchedule) -> dict[str, Any]:
+        rates = schedule.rates()
+        if self.cfg.tokens == "resize":  # the same FLOPs as sampling the token count the smaller image has
+            rates = equivalent_keep_rates(rates, model.patch_embed.grid_size)
         with torch.random.fork_rng(devices=[]):
-            fraction = FlopModel(model).compute_fraction(schedule.rates())
+            fraction = FlopModel(model).compute_fraction(rates)
         return {"best_acc1": state.best_acc1, "best_epoch": state.best_epoch, "schedule": self.cfg.schedule,
                 "sampler": self.cfg.sampler, "compute_fraction": fraction, "mean_keep_rate": schedule.mean_keep_rate()}
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .optim import create_adamw
 from .patching.core import _samplers_or_raise, keep_rate
+from .resolution import check_token_mode, model_patch_size, resize_to_rate
 from .samplers import gather_tokens, get_sampler, keep_count
 
 
@@ -40,23 +41,29 @@ def time_training_steps(
     repeats: int = 5,
     warmup: int = 1,
     amp_dtype: torch.dtype | None = None,
+    tokens: str = "sample",
 ) -> dict[float, float]:
     """Median seconds of one full training step (forward, backward, AdamW step) per keep rate.
 
-    Uses a throw-away AdamW over the model's parameters; the model's weights change.
+    ``tokens="resize"`` realises each rate as a smaller image (:mod:`vitpss.resolution`; the resize
+    is timed with the step). Uses a throw-away AdamW over the model's parameters; the model's
+    weights change.
     """
     device = next(model.parameters()).device
     x, y = _input_batch(model, batch_size)
     optimizer = create_adamw(model, lr=1e-6, weight_decay=0.05)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    resize = check_token_mode(tokens) == "resize"
     times: dict[float, list[float]] = {float(r): [] for r in rates}
     for i in range(warmup + repeats):
         for rate in times:
             sync(device)
             start = time.perf_counter()
-            with keep_rate(model, rate), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(model(x), y)
+            images = resize_to_rate(x, rate, model_patch_size(model)) if resize else x
+            with keep_rate(model, 1.0 if resize else rate), \
+                    torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(model(images), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -13,9 +13,11 @@ checks them for NaN/inf. Process set-up lives in :mod:`vitpss.runtime`, the comm
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,13 +39,15 @@ from .checkpoint import (
 from .config import (
     RESUME_OVERRIDABLE, TrainConfig, config_to_dict, dump_yaml, from_dict, read_yaml, schedule_from_config, validate,
 )
+from .budget import interpolated, measure_loader, rates_to_measure, solve_epochs
 from .data import build_datasets, build_loader
 from .engine import NonFiniteLossError, StepTimer, all_reduce_sum
 from .errors import UsageError
 from .models import resolve_model_config
 from .optim import create_adamw
-from .patching import patch_samplers, token_count
-from .timing import time_vs_all_patches
+from .patching import num_patches, patch_samplers, token_count
+from .resolution import model_patch_size, patches_at_rate, resize_to_rate, supports_resize
+from .timing import time_training_steps, time_vs_all_patches
 from .runtime import (
     Dist, amp_settings, compile_for_schedule, enable_tf32, num_threads, prepare_output, resolve_amp, seed_everything,
     setup_distributed,
@@ -124,6 +128,7 @@ class RunState:
     epoch_time_s: float = 0.0  # training time of the current, unfinished epoch
     images: int = 0
     last_val: Optional[dict[str, float]] = None
+    budget: Optional[dict[str, Any]] = None  # --budget: the choice of budget.solve_epochs (BudgetChoice.to_dict)
     train_cpu_time_s: float = 0.0  # CPU time of the steps and their data waits
     data_time_s: float = 0.0  # time waiting for data (part of train_time_s)
 
@@ -175,12 +180,24 @@ class Trainer:
             raise UsageError(f"--accum-steps={cfg.accum_steps} exceeds the {len(self.train_loader)} batches of an "
                              f"epoch: lower --accum-steps or --batch-size")
         self.schedule = schedule_from_config(cfg, self.steps_per_epoch)
+        self.state = RunState()
+        if (cfg.budget is not None or cfg.tokens == "resize") and not isinstance(task, ClassificationTask):
+            raise UsageError("--budget and --tokens resize are for vitpss train (classification), not pre-training")
+        if cfg.tokens == "resize" and not supports_resize(self.model):
+            raise UsageError(f"--tokens resize needs a model that reads smaller images; {cfg.model} does not: "
+                             f"use --tokens sample")
+        if cfg.budget is not None and cfg.budget_epochs is None and checkpoint is None:
+            self.state.budget = self.fit_budget(train_ds)
+            self.cfg = cfg = dataclasses.replace(cfg, epochs=self.state.budget["epochs"], budget_epochs=cfg.epochs,
+                                                 cooldown_epochs=self.state.budget["cooldown_epochs"])
+            self.schedule = schedule_from_config(cfg, self.steps_per_epoch)
+        self.resize = cfg.tokens == "resize"
+        self.patch_size = model_patch_size(self.model) if self.resize else None
         self.optimizer = create_adamw(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.schedule.total_steps, lr_min=cfg.min_lr,
             warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch), warmup_lr_init=min(1e-6, cfg.lr), t_in_epochs=False)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.state = RunState()
         if checkpoint is not None:
             self.restore(checkpoint)
         # Clock origins shifted by the time already spent, so a resumed run keeps adding to it.
@@ -218,12 +235,14 @@ class Trainer:
         for step in range(st.step, (epoch + 1) * self.steps_per_epoch):
             rate = self.schedule(step)  # constant over the optimiser step's micro-batches
             for sampler in self.samplers:  # vitpss.set_keep_rate, without walking the model every step
-                sampler.train_keep_rate = rate
+                sampler.train_keep_rate = 1.0 if self.resize else rate
             lr = max(group["lr"] for group in self.optimizer.param_groups)  # the unscaled LR under --layer-decay
             loss_sum, images, data_time, late_data_time, start = None, 0, 0.0, 0.0, None
             for micro in range(accum):
                 wait = time.perf_counter()
                 x, y = next(batches)
+                if self.resize:  # --tokens resize: the keep rate as a smaller image
+                    x = resize_to_rate(x, rate, self.patch_size)
                 waited = time.perf_counter() - wait
                 data_time += waited
                 if start is None:
@@ -292,8 +311,60 @@ class Trainer:
 
     def token_count(self, rate: float) -> int:
         if rate not in self.tokens:
-            self.tokens[rate] = token_count(self.model, rate)
+            if self.resize:
+                prefix = token_count(self.model, 1.0) - num_patches(self.model)
+                self.tokens[rate] = prefix + patches_at_rate(rate, self.model.patch_embed.grid_size)
+            else:
+                self.tokens[rate] = token_count(self.model, rate)
         return self.tokens[rate]
+
+    def fit_budget(self, train_ds: torch.utils.data.Dataset) -> dict[str, Any]:
+        """``--budget``: measure the step cost at each keep rate (model + data loader), choose the epochs.
+
+        Rank 0 measures and chooses, every rank gets its choice. The model's weights and every
+        random state are restored afterwards, so the run is the one ``--epochs <chosen>`` would give.
+        """
+        cfg = self.cfg
+        choice: list[Optional[dict[str, Any]]] = [None]
+        if self.d.main:
+            saved = (copy.deepcopy(self.model.state_dict()), self.generator.get_state(), torch.get_rng_state())
+            try:
+                times = time_training_steps(self.model, rates_to_measure(self.schedule), batch_size=cfg.batch_size,
+                                            repeats=5, warmup=1, amp_dtype=self.amp_dtype, tokens=cfg.tokens)
+                loader = measure_loader(train_ds, cfg, self.device, batches=5)
+            finally:
+                self.model.load_state_dict(saved[0])
+                self.generator.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+                self.model.zero_grad(set_to_none=True)
+            model_time = interpolated(times)
+            try:
+                solved = solve_epochs(self.schedule, lambda r: loader.step_time(model_time(r)), cfg.budget)
+            except ValueError as err:
+                raise UsageError(f"--budget: {err}") from None
+            choice[0] = solved.to_dict()
+            ratio = solved.predicted_fraction
+            print(f"budget {cfg.budget:g} x the training time of {cfg.epochs} epochs at all patches: "
+                  f"{solved.epochs} epochs of {cfg.schedule} (tokens {cfg.tokens}"
+                  + (f", cooldown {solved.cooldown_epochs}" if solved.cooldown_epochs else "")
+                  + f"), predicted {ratio:.2f} x; step ms at keep rate "
+                  + ", ".join(f"{r:g}: {1e3 * t:.1f}" for r, t in solved.step_time_s.items()), flush=True)
+        if self.d.world_size > 1:
+            dist.broadcast_object_list(choice, src=0)
+        return choice[0]
+
+    def budget_summary(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The ``--budget`` choice, and the measured training time over that of E all-patch epochs.
+
+        The all-patch step is this run's median step (with its data wait) at keep rate 1; None when
+        fewer than 5 steps ran at keep rate 1.
+        """
+        full = [r["step_time"] + r["data_time"] for r in records if r["keep_rate"] == 1.0]
+        measured = None
+        if len(full) >= 5 and self.cfg.budget_epochs:
+            reference = self.cfg.budget_epochs * self.steps_per_epoch * statistics.median(full)
+            measured = sum(r["step_time"] + r["data_time"] for r in records) / reference
+        return {**(self.state.budget or {}), "measured_fraction": measured}
 
     # ---- logs
 
@@ -488,7 +559,10 @@ class Trainer:
             "accum_steps": self.cfg.accum_steps,
         }
         summary.update(self.task.summary_extras(st, self.model, self.schedule))
-        summary.update(time_vs_all_patches(read_jsonl(self.out / "train_log.jsonl")))
+        records = read_jsonl(self.out / "train_log.jsonl")
+        summary.update(time_vs_all_patches(records))
+        if self.cfg.budget is not None:
+            summary["budget"] = self.budget_summary(records)
         atomic_write_json(self.out / "summary.json", summary)
         if "time_vs_all_patches" in summary:
             print(f"time vs all patches: {summary['time_vs_all_patches']:.2f}x (measured in this run: median step "

@@ -31,8 +31,9 @@ import torch
 import yaml
 from torch import nn
 
+from ..budget import LoaderSpeed, measure_loader
 from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
-from ..data import build_datasets, build_loader, default_workers
+from ..data import build_datasets
 from ..errors import UsageError
 from ..flops import FlopModel
 from ..models import build_model, resolve_model_config
@@ -143,60 +144,6 @@ def measure_step_times(model: nn.Module, counts: Sequence[int], *, batch_size: i
 
 
 # --------------------------------------------------------------------------- data pipeline
-
-
-@dataclasses.dataclass(frozen=True)
-class LoaderSpeed:
-    """Measured throughput of the training loader: ``images_per_s`` with ``workers`` workers."""
-
-    images_per_s: float
-    workers: int
-    batch_size: int
-
-    @property
-    def batch_time(self) -> float:
-        """Seconds to deliver one batch."""
-        return self.batch_size / self.images_per_s
-
-    def step_time(self, model_time: float) -> float:
-        """Predicted seconds of a training step whose model part takes ``model_time``.
-
-        Without workers the main process loads between steps (the times add up); with workers,
-        loading overlaps the step and the slower of the two sets the pace.
-        """
-        if self.workers == 0:
-            return model_time + self.batch_time
-        return max(model_time, self.batch_time)
-
-    def wait_share(self, model_time: float) -> float:
-        """Share of the predicted step spent waiting for data."""
-        step = self.step_time(model_time)
-        return (step - model_time) / step
-
-
-def measure_loader(train_ds: torch.utils.data.Dataset, cfg: TrainConfig, device: torch.device, *,
-                   batches: int = 10) -> LoaderSpeed:
-    """Images/s of the training loader ``vitpss train`` builds over ``train_ds`` for ``cfg`` (one process).
-
-    The first batches are not timed: ``2 * workers`` (what the workers have ready when the loop
-    starts), at least 1. Epochs are repeated when the data has fewer batches than needed.
-    """
-    loader = build_loader(train_ds, cfg, True, device=device)
-    workers = default_workers(cfg)
-    skip = max(1, 2 * workers)
-    seen, start, epoch = 0, 0.0, 0
-    while seen < skip + batches:
-        loader.sampler.set_epoch(epoch)
-        for _ in loader:
-            seen += 1
-            if seen == skip:
-                start = time.perf_counter()
-            if seen == skip + batches:
-                break
-        epoch += 1
-    elapsed = time.perf_counter() - start
-    return LoaderSpeed(images_per_s=batches * loader.batch_size / elapsed, workers=workers,
-                       batch_size=loader.batch_size)
 
 
 def data_advice(cfg: TrainConfig, speed: LoaderSpeed, needed_images_per_s: float) -> list[str]:
