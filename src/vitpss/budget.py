@@ -149,7 +149,11 @@ def rates_to_measure(schedule: KeepRateSchedule) -> list[float]:
 
 
 def interpolated(times: Mapping[float, float]) -> Callable[[float], float]:
-    """``rate -> seconds`` through the measured rates (linear between them, nearest beyond)."""
+    """``rate -> seconds`` through the measured rates (linear between them, nearest beyond).
+
+    A step with fewer tokens never costs more than one with more: a measured time above that of a
+    higher rate (noise on a busy machine) is taken as the higher rate's.
+    """
     xs = sorted(times)
-    ys = [times[x] for x in xs]
+    ys = list(np.minimum.accumulate([times[x] for x in reversed(xs)]))[::-1]
     return lambda rate: float(np.interp(rate, xs, ys))

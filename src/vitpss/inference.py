@@ -28,6 +28,7 @@ from .errors import UsageError
 from .flops import count_flops
 from .models import model_from_checkpoint
 from .patching import keep_rate, set_sampler, token_count
+from .resolution import check_token_mode, equivalent_keep_rates, resized_inputs
 from .runtime import resolve_device
 from .samplers import inference_sampler
 from .timing import sync
@@ -38,19 +39,21 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 @torch.no_grad()
 def throughput(model: nn.Module, x: torch.Tensor, rates: Sequence[float], *, warmup: int = 2,
                repeats: int = 5, min_time: float = 0.05,
-               amp_dtype: torch.dtype | None = None) -> dict[float, float]:
+               amp_dtype: torch.dtype | None = None, tokens: str = "sample") -> dict[float, float]:
     """Images per second of the model alone on batch ``x`` (already on the device) at each rate.
 
     Eval mode and ``no_grad``. ``warmup`` untimed rounds first; then ``repeats`` timed rounds,
     each visiting every rate once (round-robin, so drift hits all rates alike). A timed sample
     runs as many forwards as make the slowest rate last ``min_time`` seconds (as ``timeit``
     does), so that short passes are not lost in timer and scheduler noise. Result: the median.
+    ``tokens="resize"`` runs each rate as a smaller image (the resize is timed too).
     """
     model.eval()
     device = x.device
 
     def timed(rate: float, passes: int) -> float:
-        with keep_rate(model, rate), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with rate_context(model, rate, tokens), \
+                torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             sync(device)
             start = time.perf_counter()
             for _ in range(passes):
@@ -68,29 +71,45 @@ def throughput(model: nn.Module, x: torch.Tensor, rates: Sequence[float], *, war
     return {rate: x.shape[0] / statistics.median(values) for rate, values in times.items()}
 
 
+def rate_context(model: nn.Module, rate: float, tokens: str = "sample"):
+    """The model at keep ``rate``: patches sampled (:func:`vitpss.keep_rate`) or a smaller image
+    (:func:`vitpss.resolution.resized_inputs`, all patches of it)."""
+    if check_token_mode(tokens) == "resize":
+        return resized_inputs(model, rate)
+    return keep_rate(model, rate)
+
+
 def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
                 timing_batch: torch.Tensor | None = None, warmup: int = 2, repeats: int = 5,
-                amp_dtype: torch.dtype | None = None) -> list[dict[str, float]]:
+                amp_dtype: torch.dtype | None = None, tokens: str = "sample") -> list[dict[str, float]]:
     """One row per keep rate: ``keep_rate, acc1, acc5, images_per_s, gflops, tokens``.
 
     ``timing_batch`` (default: the images of the first batch) is moved to the model's device
-    once and timed at every rate. GFLOPs are per image, forward only.
+    once and timed at every rate. GFLOPs are per image, forward only. ``tokens="resize"``
+    evaluates each rate as a smaller image instead of sampled patches.
     """
     device = next(model.parameters()).device
     if timing_batch is None:
         timing_batch = next(iter(batches))[0]
     speed = throughput(model, timing_batch.to(device), rates, warmup=warmup, repeats=repeats,
-                       amp_dtype=amp_dtype)
+                       amp_dtype=amp_dtype, tokens=tokens)
+    resize = tokens == "resize"
     rows = []
     for rate in speed:
-        result = evaluate(model, batches, device, keep_rate=rate, amp_dtype=amp_dtype)
+        if resize:
+            with resized_inputs(model, rate):
+                result = evaluate(model, batches, device, amp_dtype=amp_dtype)
+            equivalent = float(equivalent_keep_rates([rate], model.patch_embed.grid_size)[0])
+        else:
+            result = evaluate(model, batches, device, keep_rate=rate, amp_dtype=amp_dtype)
+            equivalent = rate
         rows.append({
             "keep_rate": rate,
             "acc1": round(result["acc1"], 3),
             "acc5": round(result["acc5"], 3),
             "images_per_s": round(speed[rate], 1),
-            "gflops": count_flops(model, rate, backward=False) / 1e9,
-            "tokens": token_count(model, rate),
+            "gflops": count_flops(model, equivalent, backward=False) / 1e9,
+            "tokens": token_count(model, equivalent),
         })
     return rows
 
@@ -137,14 +156,16 @@ def display_images(inputs: torch.Tensor, dataset: Dataset) -> np.ndarray:
 
 
 def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | None = None,
-                    device: str | None = None, sampler: str | None = None) -> LoadedCheckpoint:
+                    device: str | None = None, sampler: str | None = None,
+                    tokens: str | None = None) -> LoadedCheckpoint:
     """The model of a ``vitpss train`` checkpoint (file or run directory) and its validation data.
 
     ``data`` replaces the run's data source (same classes and image size expected); ``sampler``
-    the run's sampler; ``batch_size`` the run's batch size.
+    the run's sampler; ``batch_size`` the run's batch size; ``tokens="resize"`` builds the model so
+    that it reads smaller images (any run of a timm ViT).
     """
     dev = resolve_device(device or "auto")
-    model, cfg = model_from_checkpoint(path, dev)
+    model, cfg = model_from_checkpoint(path, dev, tokens=tokens)
     overrides = {k: v for k, v in (("data", data), ("batch_size", batch_size), ("sampler", sampler)) if v is not None}
     cfg = validate(from_dict(overrides, base=cfg, source="command line"))
     _, val_ds, num_classes, _, _ = build_datasets(cfg if data is None else dataclasses.replace(cfg, num_classes=None))

@@ -172,17 +172,19 @@ def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
-                          ema: bool = False) -> tuple[nn.Module, TrainConfig]:
+                          ema: bool = False, tokens: Optional[str] = None) -> tuple[nn.Module, TrainConfig]:
     """Rebuild the model of a ``vitpss train`` checkpoint (file or run directory) and load its weights.
 
     The checkpoint carries its config, so no model flags are needed. ``ema=True`` loads the EMA
     weights. A random sampler draws from a generator seeded with the run's ``seed``, so evaluating
-    at a keep rate below 1 gives the same numbers every time. Returns ``(model in eval mode on
-    device, config)``.
+    at a keep rate below 1 gives the same numbers every time. ``tokens`` replaces the run's token
+    mode (``"resize"``: the model reads smaller images). Returns ``(model in eval mode on device, config)``.
     """
     path = checkpoint_path(path)
     ckpt = load_checkpoint(path)
     cfg = validate(from_dict(ckpt["config"], source=f"config in {path}"))
+    if tokens is not None:
+        cfg = dataclasses.replace(cfg, tokens=tokens)
     model = build_model(cfg, torch.Generator(torch.device(device)).manual_seed(cfg.seed))
     state = ckpt["ema"] if ema else ckpt["model"]
     if state is None:

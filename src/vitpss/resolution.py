@@ -15,8 +15,9 @@ match it); the former leaves the parameter at full size and only resamples its v
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -76,3 +77,20 @@ def model_patch_size(model: torch.nn.Module) -> tuple[int, int]:
 def supports_resize(model: torch.nn.Module) -> bool:
     """Whether ``model`` reads any multiple of its patch size (timm's ``dynamic_img_size`` switched on)."""
     return bool(getattr(model, "dynamic_img_size", False))
+
+
+@contextlib.contextmanager
+def resized_inputs(model: torch.nn.Module, rate: float) -> Iterator[torch.nn.Module]:
+    """Within the block, ``model`` resizes every input image for keep ``rate`` (a forward pre-hook).
+
+    Raises ValueError if the model cannot read smaller images (build it with ``dynamic_img_size=True``).
+    """
+    if not supports_resize(model):
+        raise ValueError(f"{type(model).__name__} cannot read smaller images: create it with dynamic_img_size=True "
+                         f"(vitpss: --tokens resize)")
+    patch = model_patch_size(model)
+    handle = model.register_forward_pre_hook(lambda _, args: (resize_to_rate(args[0], rate, patch), *args[1:]))
+    try:
+        yield model
+    finally:
+        handle.remove()

@@ -356,15 +356,20 @@ class Trainer:
     def budget_summary(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The ``--budget`` choice, and the measured training time over that of E all-patch epochs.
 
-        The all-patch step is this run's median step (with its data wait) at keep rate 1; None when
-        fewer than 5 steps ran at keep rate 1.
+        The all-patch step is this run's median step (with its data wait) at keep rate 1 when at least
+        5 steps ran at it, else the calibration's (``measured_from`` says which).
         """
+        choice = self.state.budget or {}
         full = [r["step_time"] + r["data_time"] for r in records if r["keep_rate"] == 1.0]
-        measured = None
-        if len(full) >= 5 and self.cfg.budget_epochs:
-            reference = self.cfg.budget_epochs * self.steps_per_epoch * statistics.median(full)
-            measured = sum(r["step_time"] + r["data_time"] for r in records) / reference
-        return {**(self.state.budget or {}), "measured_fraction": measured}
+        if len(full) >= 5:
+            full_step, source = statistics.median(full), "run"
+        elif "step_time_s" in choice:
+            full_step, source = choice["step_time_s"]["1"], "calibration"
+        else:
+            return {**choice, "measured_fraction": None, "measured_from": None}
+        reference = (self.cfg.budget_epochs or self.cfg.epochs) * self.steps_per_epoch * full_step
+        measured = sum(r["step_time"] + r["data_time"] for r in records) / reference
+        return {**(self.state.budget or {}), "measured_fraction": measured, "measured_from": source}
 
     # ---- logs
 

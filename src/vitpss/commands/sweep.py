@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..figures import plot_sweep
 from ..inference import load_checkpoint, sweep_model
 from ..runtime import amp_settings
+from ..resolution import TOKEN_MODES
 from ..samplers import SAMPLERS
 from .common import add_amp_argument, parse_rates
 
@@ -43,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated keep rates (default 1.0,0.9,...,0.2)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="patch sampler at inference (default: the run's; gumbel-magnitude runs use magnitude)")
+    p.add_argument("--tokens", choices=list(TOKEN_MODES), default=None,
+                   help="how a keep rate gives fewer tokens: sample (drop patches) or resize (a smaller image); "
+                        "default: the run's")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation and timing batch size (default: the run's batch size)")
     p.add_argument("--data", default=None, help="validation data (default: the run's data)")
@@ -67,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     checkpoint = checkpoint_path(args.checkpoint)
     loaded = load_checkpoint(checkpoint, data=args.data, batch_size=args.batch_size, device=args.device,
-                             sampler=args.sampler)
+                             sampler=args.sampler, tokens=args.tokens)
     amp_dtype, _ = amp_settings(args.amp, loaded.device)
     rows = sweep_model(loaded.model, loaded.val_loader, args.keep_rates, warmup=args.warmup,
-                       repeats=args.repeats, amp_dtype=amp_dtype)
+                       repeats=args.repeats, amp_dtype=amp_dtype, tokens=loaded.cfg.tokens)
     out_dir = args.output or checkpoint.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "sweep.json", rows)
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
     batch = next(iter(loaded.val_loader))[0].shape[0]
-    title = f"{checkpoint.parent.name}: {loaded.sampler} sampler, batch {batch}, {hardware}"
+    how = "smaller images" if loaded.cfg.tokens == "resize" else f"{loaded.sampler} sampler"
+    title = f"{checkpoint.parent.name}: {how}, batch {batch}, {hardware}"
     plot_sweep([out_dir / "sweep.json"], out_dir / "sweep.png", title=title)
     print(f"{title}, {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.') + ' autocast'}; images/s: model only, median of "
           f"{args.repeats} timed passes")
