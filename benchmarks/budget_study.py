@@ -48,9 +48,9 @@ MODEL = ["--model", "vit_tiny_patch16_224", "--embed-dim", "64", "--depth", "4",
 SETTINGS: dict[str, tuple[int, list[str]]] = {
     "c10-1k": (40, ["--data", "CIFAR_ROOT", "--img-size", "32", "--patch-size", "4", "--train-subset", "100",
                     "--val-subset", "100", *MODEL]),
-    "c10-3k": (20, ["--data", "CIFAR_ROOT", "--img-size", "32", "--patch-size", "4", "--train-subset", "300",
+    "c10-3k": (16, ["--data", "CIFAR_ROOT", "--img-size", "32", "--patch-size", "4", "--train-subset", "300",
                     "--val-subset", "100", *MODEL]),
-    "tin20": (25, ["--data", "TIN20_ROOT", "--img-size", "64", "--patch-size", "8", "--train-subset", "100",
+    "tin20": (20, ["--data", "TIN20_ROOT", "--img-size", "64", "--patch-size", "8", "--train-subset", "100",
                    *MODEL]),
     "digits8": (30, ["--data", "DIGITS_ROOT", "--img-size", "32", "--patch-size", "4", "--in-chans", "1",
                      "--hflip", "0", "--val-subset", "36", *MODEL]),
@@ -148,6 +148,119 @@ def run(args: argparse.Namespace) -> None:
                 path.write_text(json.dumps(data, indent=1))
 
 
+# --------------------------------------------------------------------------- report
+
+
+def load_results(settings: list[str]) -> dict[str, dict]:
+    out = {}
+    for setting in settings:
+        path = RESULTS / f"budget_{setting}.json"
+        if path.exists():
+            out[setting] = json.loads(path.read_text())
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def setting_table(data: dict) -> dict:
+    """Per (method, budget): acc1 mean/std, seeds, CPU ratio to the all-patch E-epoch runs, epochs, prediction."""
+    runs = list(data["runs"].values())
+    ref = [r for r in runs if r["method"] == "all-patches" and r["budget"] == 1.0]
+    ref_acc, ref_cpu = statistics.fmean(r["acc1"] for r in ref), statistics.fmean(r["train_cpu_s"] for r in ref)
+    cells: dict[tuple[str, float], dict] = {}
+    for method, budget in sorted({(r["method"], r["budget"]) for r in runs}):
+        rs = [r for r in runs if r["method"] == method and r["budget"] == budget]
+        acc, std = mean_std([r["acc1"] for r in rs])
+        predicted = [r["budget_plan"]["predicted_fraction"] for r in rs if r.get("budget_plan")]
+        cpu = statistics.fmean(r["train_cpu_s"] for r in rs) / ref_cpu
+        cells[(method, budget)] = {
+            "method": method, "budget": budget, "seeds": len(rs), "acc1": acc, "acc1_std": std,
+            "cpu_ratio": cpu, "epochs": statistics.fmean(r["epochs"] for r in rs),
+            "predicted": statistics.fmean(predicted) if predicted else math.floor(budget * data["meta"]["E"] + 1e-9)
+            / data["meta"]["E"],
+            "vs_reference": acc - ref_acc}
+    # plateau evidence: what the all-patch run gains from 0.7 E to E epochs, and over its last fifth
+    gain_07 = ref_acc - cells[("all-patches", 0.7)]["acc1"] if ("all-patches", 0.7) in cells else None
+    last_fifth = statistics.fmean(
+        statistics.fmean(r["curve"][-3:]) - statistics.fmean(r["curve"][int(0.8 * len(r["curve"])) - 1:][:3])
+        for r in ref)
+    return {"reference_acc1": ref_acc, "reference_cpu_s": ref_cpu, "reference_seeds": len(ref),
+            "gain_from_0.7E": gain_07, "gain_last_fifth": last_fifth, "cells": cells}
+
+
+def regrets(tables: dict[str, dict], budgets: list[float], methods: list[str]) -> dict:
+    """regret[budget][method][setting]: acc1 behind the best method of that setting and budget."""
+    out: dict[float, dict[str, dict[str, float]]] = {}
+    for b in budgets:
+        out[b] = {}
+        for setting, t in tables.items():
+            present = {m: t["cells"][(m, b)]["acc1"] for m in methods if (m, b) in t["cells"]}
+            if not present:
+                continue
+            best = max(present.values())
+            for m, acc in present.items():
+                out[b].setdefault(m, {})[setting] = best - acc
+    return out
+
+
+def report(args: argparse.Namespace) -> None:
+    settings = args.settings.split(",")
+    tables = {name: setting_table(d) for name, d in load_results(settings).items()}
+    methods = list(METHODS)
+    budgets = sorted({b for t in tables.values() for (_, b) in t["cells"]})
+    for name, t in tables.items():
+        print(f"\n{name}: all patches for E = {SETTINGS[name][0]} epochs: {t['reference_acc1']:.2f}% "
+              f"({t['reference_seeds']} seeds, {t['reference_cpu_s']:.0f} s training CPU); gain 0.7E -> E "
+              + (f"{t['gain_from_0.7E']:+.2f}" if t["gain_from_0.7E"] is not None else "-")
+              + f" pt, over the last fifth {t['gain_last_fifth']:+.2f} pt")
+        print(f"{'budget':>6} {'method':<12} {'seeds':>5} {'acc1':>14} {'vs E':>6} {'epochs':>6} {'CPU':>5} {'pred':>5}")
+        for (m, b), c in sorted(t["cells"].items(), key=lambda kv: (kv[0][1], methods.index(kv[0][0]))):
+            print(f"{b:>6g} {m:<12} {c['seeds']:>5} {c['acc1']:>8.2f} ±{c['acc1_std']:>4.2f} {c['vs_reference']:>+6.2f} "
+                  f"{c['epochs']:>6.0f} {c['cpu_ratio']:>5.2f} {c['predicted']:>5.2f}")
+    reg = regrets(tables, budgets, methods)
+    choice = {}
+    print("\nworst-case regret (pt behind the best method of the setting and budget; settings with all methods)")
+    print(f"{'budget':>6} " + " ".join(f"{m:>12}" for m in methods) + "   rule's choice")
+    for b in budgets:
+        full = [s for s in tables if all(s in reg[b].get(m, {}) for m in methods)]
+        worst = {m: max(reg[b][m][s] for s in full) for m in methods if full}
+        choice[b] = min(worst, key=worst.get) if worst else None
+        print(f"{b:>6g} " + " ".join(f"{worst.get(m, float('nan')):>12.2f}" for m in methods) + f"   {choice[b]}"
+              + f"  ({len(full)} settings)")
+    out = {"settings": {n: {**{k: v for k, v in t.items() if k != "cells"},
+                            "cells": [c for c in t["cells"].values()]} for n, t in tables.items()},
+           "regret": {f"{b:g}": reg[b] for b in budgets}, "choice": {f"{b:g}": c for b, c in choice.items()}}
+    (RESULTS / "budget_report.json").write_text(json.dumps(out, indent=1))
+    figures(tables, budgets, methods, Path(args.figure))
+    print(f"\nwrote {RESULTS / 'budget_report.json'} and {args.figure}")
+
+
+def figures(tables: dict[str, dict], budgets: list[float], methods: list[str], path: Path) -> None:
+    """Accuracy against budget per setting (one panel each), mean and std over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.6 * len(tables), 3.4), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        for m in methods:
+            pts = [(b, t["cells"][(m, b)]) for b in budgets if (m, b) in t["cells"]]
+            if pts:
+                ax.errorbar([c["cpu_ratio"] for _, c in pts], [c["acc1"] for _, c in pts],
+                            yerr=[c["acc1_std"] for _, c in pts], marker="o", capsize=3, label=m)
+        ax.axhline(t["reference_acc1"], color="grey", lw=0.8, ls=":")
+        ax.set_title(name)
+        ax.set_xlabel("training CPU time / all patches E epochs")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation acc1 (%)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +274,10 @@ def main() -> None:
     p.add_argument("--cifar-root", help="CIFAR-10 JPEG ImageFolder (train/, val/)")
     p.add_argument("--tin-root", help="Tiny-ImageNet dev ImageFolder (train/, val/)")
     p.set_defaults(func=run)
+    r = sub.add_parser("report", help="tables, regret per budget, the rule's choice and the figure")
+    r.add_argument("--settings", default=",".join(SETTINGS))
+    r.add_argument("--figure", default=str(HERE.parent / "docs" / "budget-study.png"))
+    r.set_defaults(func=report)
     args = parser.parse_args()
     args.func(args)
 
