@@ -11,7 +11,8 @@ over several settings and chooses the default recipe.
 Each (recipe, seed) is one `vitpss train` run (same model, recipe and epochs; only the schedule
 and sampler differ), followed by `vitpss sweep` of its final checkpoint at several inference keep
 rates. Runs are kept under --runs (reused with --reuse) so figures can be drawn from them
-(`vitpss plot curves ... --x time`). Prints acc1 mean ± std, the acc1 gained over the last fifth
+(`vitpss plot curves ... --x time`); the JSON names each run relative to --runs, and no path of the
+machine: --runs and path arguments inside benchmarks/ relative to it, data roots by their --alias. Prints acc1 mean ± std, the acc1 gained over the last fifth
 of training (gain5: a converged run gains < 0.3 pt; g5~3: the same with both end points averaged
 over 3 evaluations), training time, whole-run wall and process CPU time (as ratios to the
 baseline) and the sweep per recipe, and writes JSON.
@@ -29,6 +30,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 RECIPES: dict[str, list[str]] = {
     "baseline": ["--schedule", "none"],
@@ -49,6 +52,21 @@ RECIPES: dict[str, list[str]] = {
     # FLIP-style (Li et al. 2023): half the patches at random, then the last epochs with all of them
     "fixed0.5-random-cd": ["--schedule", "fixed", "--low", "0.5", "--sampler", "random", "--cooldown-epochs", "COOLDOWN"],
 }
+
+
+def portable(arg: str, aliases: dict[str, str] | None = None) -> str:
+    """``arg`` as the results JSON records it: an alias's name for its path, a path inside benchmarks/
+    relative to it, any other absolute path by its last component (no path of this machine)."""
+    for name, path in (aliases or {}).items():
+        if arg == path or Path(arg).resolve() == Path(path).resolve():
+            return name
+    path = Path(arg)
+    if not path.is_absolute() and not path.exists():
+        return arg  # a flag or value, not a path
+    try:
+        return path.resolve().relative_to(HERE).as_posix()
+    except ValueError:
+        return path.name if path.is_absolute() else arg
 
 
 def run(cmd: list[str]) -> None:
@@ -79,7 +97,7 @@ def one_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
     start = len(acc) - (len(acc) // 5 + 1)  # the evaluation at the start of the last fifth of training
     # the same gain with each end point averaged over 3 evaluations: one evaluation of 1,000 digits varies by ~0.3 pt
     smoothed = statistics.fmean(acc[-3:]) - statistics.fmean(acc[max(start - 1, 0):start + 2])
-    return {"run": str(out), "acc1": summary["acc1"], "best_acc1": summary["best_acc1"],
+    return {"run": out.relative_to(args.runs).as_posix(), "acc1": summary["acc1"], "best_acc1": summary["best_acc1"],
             "train_time_s": summary["train_time_s"], "wall_time_s": summary.get("wall_time_s"),
             "cpu_time_s": summary.get("cpu_time_s"), "compute_fraction": summary["compute_fraction"],
             "gain_last_fifth": summary["acc1"] - acc[start], "gain_last_fifth_smoothed": smoothed, "curve": acc,
@@ -104,12 +122,18 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="skip runs whose results exist")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (timings are then less comparable)")
     parser.add_argument("--json", default="benchmarks/results/accuracy.json")
+    parser.add_argument("--alias", action="append", default=[], metavar="NAME=PATH",
+                        help="write NAME instead of PATH in the JSON (e.g. CIFAR_ROOT=/tmp/cifar10); repeatable")
     parser.add_argument("--step-costs", metavar="JSON",
                         help="benchmarks/overhead.py results of the same model: adds the ideal time ratio of each "
                              "recipe (its logged keep rates weighted by step cost) and efficiency = ideal / measured")
     parser.add_argument("train_args", nargs="*", help="extra `vitpss train` flags (after --)")
     args = parser.parse_args()
 
+    bad = [a for a in args.alias if "=" not in a]
+    if bad:
+        parser.error(f"--alias {bad[0]}: give NAME=PATH, e.g. --alias CIFAR_ROOT=/tmp/cifar10")
+    aliases = dict(a.split("=", 1) for a in args.alias)
     recipes = args.recipes.split(",")
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
@@ -158,7 +182,8 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "setting": args.setting, "epochs": args.epochs, "seeds": seeds,
-            "cooldown_epochs": args.cooldown_epochs, "train_args": args.train_args}
+            "cooldown_epochs": args.cooldown_epochs, "runs": portable(args.runs),
+            "train_args": [portable(a, aliases) for a in args.train_args]}
     out.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=1))
     print(f"wrote {out}")
 

@@ -1,6 +1,6 @@
 """Fixed per-step overhead of the real training loop, for two source trees side by side.
 
-    python benchmarks/loop_overhead.py --src OLD/src --src NEW/src     # default tiny model, batch 32, 1 thread
+    python benchmarks/loop_overhead.py --src before=OLD/src --src after=NEW/src   # default tiny model, batch 32, 1 thread
 
 For each tree (a fresh process with ``PYTHONPATH=TREE``), one epoch of the default job
 (``vitpss_tiny_mnist`` on mnist5k, ``--augment none`` so that loading a batch is only indexing
@@ -12,7 +12,9 @@ load on a shared machine does not count). The part outside the model: that minus
 the bare step (``vitpss.timing.time_training_steps``: forward, backward, AdamW on one batch) at
 ρ = 0.2 in the same process. The fixed overhead is the intercept of
 ``time = overhead + c * FLOPs`` through the two rates: ``(t(0.2) - f * t(1)) / (1 - f)`` with
-``f = FLOPs(0.2) / FLOPs(1)``, i.e. the part of a ρ = 0.2 step its FLOPs do not explain. Writes JSON.
+``f = FLOPs(0.2) / FLOPs(1)``, i.e. the part of a ρ = 0.2 step its FLOPs do not explain. Writes JSON
+with one row per tree, named by its LABEL (``--src LABEL=TREE``; default: the tree's folder name), not
+by a path of the machine.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 WORKER = r"""
 import json, sys, tempfile, time
@@ -64,24 +67,38 @@ def measure(src: str, rate: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def tree_label(spec: str) -> tuple[str, str]:
+    """``LABEL=TREE`` or ``TREE`` -> (label, tree); a bare tree is named by its folder (``x/src`` -> ``x``)."""
+    if "=" in spec:
+        label, tree = spec.split("=", 1)
+        return label, tree
+    path = Path(spec).resolve()
+    return (path.parent.name if path.name == "src" else path.name), spec
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", action="append", required=True, help="a source tree (repeat: compared side by side)")
+    parser.add_argument("--src", action="append", required=True, metavar="[LABEL=]TREE",
+                        help="a source tree (repeat: compared side by side), named LABEL in the output")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default="benchmarks/results/loop_overhead.json")
     args = parser.parse_args()
-    samples: dict[str, dict[float, list[float]]] = {src: {1.0: [], 0.2: []} for src in args.src}
-    isolated: dict[str, list[float]] = {src: [] for src in args.src}
+    trees = dict(tree_label(spec) for spec in args.src)
+    if len(trees) != len(args.src):
+        parser.error("two --src trees have the same label: name them, e.g. --src before=OLD/src --src after=NEW/src")
+    labels = list(trees)
+    samples: dict[str, dict[float, list[float]]] = {label: {1.0: [], 0.2: []} for label in labels}
+    isolated: dict[str, list[float]] = {label: [] for label in labels}
     fraction = None
     for repeat in range(args.repeats):
-        order = args.src if repeat % 2 == 0 else args.src[::-1]
-        for src in order:
+        order = labels if repeat % 2 == 0 else labels[::-1]
+        for label in order:
             for rate in (1.0, 0.2):
-                m = measure(src, rate)
-                samples[src][rate].append(m["cpu"] / m["steps"])
+                m = measure(trees[label], rate)
+                samples[label][rate].append(m["cpu"] / m["steps"])
                 if rate == 0.2:
                     fraction = m["flop_fraction"]
-                    isolated[src].append(m["cpu"] / m["steps"] - m["isolated_cpu"])
+                    isolated[label].append(m["cpu"] / m["steps"] - m["isolated_cpu"])
     rows = {}
     for src, by_rate in samples.items():
         t1, t02 = (statistics.median(by_rate[r]) for r in (1.0, 0.2))
@@ -92,8 +109,8 @@ def main() -> None:
         print(f"{src}: step {t1 * 1e3:.2f} ms at rate 1.0, {t02 * 1e3:.2f} ms at 0.2 (FLOPs {fraction:.3f} of 1.0), "
               f"fixed overhead {rows[src]['fixed_overhead_ms']:.2f} ms, of which outside forward/backward/AdamW "
               f"{rows[src]['loop_outside_model_ms_rate_0.2']:.2f} ms")
-    if len(args.src) == 2:
-        a, b = (rows[s]["fixed_overhead_ms"] for s in args.src)
+    if len(labels) == 2:
+        a, b = (rows[s]["fixed_overhead_ms"] for s in labels)
         print(f"fixed overhead {a:.2f} -> {b:.2f} ms ({(b - a) / a:+.0%})")
     with open(args.json, "w") as f:
         json.dump({"machine": platform.processor() or platform.machine(), "repeats": args.repeats,

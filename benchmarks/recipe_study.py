@@ -5,7 +5,9 @@
 
 `run` calls benchmarks/accuracy.py once per setting (same recipes, seeds and epochs for each) and
 writes benchmarks/results/study_<setting>_s<seeds>_<n>r.json;
-`report` merges all files of a setting (each run once). CIFAR-10 settings read the JPEG copy of
+`report` merges all files of a setting (each run once); the files name runs relative to
+``--runs/<setting>``, where `report` looks for their step logs (training CPU time, data waits) and
+leaves those columns empty when the runs are not there. CIFAR-10 settings read the JPEG copy of
 ../shared/data (unpack it and pass --cifar-root; say "CIFAR-10 (JPEG copy)" next to its numbers).
 
 Held-out settings (HELD_OUT) were not used to choose the default; they check it afterwards, on a
@@ -82,14 +84,14 @@ def make_digits_folder(root: Path) -> Path:
 def run(args: argparse.Namespace) -> None:
     for name in args.settings.split(","):
         epochs, cooldown, flags = SETTINGS[name]
+        roots = {"CIFAR_ROOT": args.cifar_root}
         if "DIGITS_ROOT" in flags:
-            digits = str(make_digits_folder(Path(args.runs) / "digits8-data"))
-            flags = [digits if f == "DIGITS_ROOT" else f for f in flags]
-        flags = [args.cifar_root if f == "CIFAR_ROOT" else f for f in flags]
+            roots["DIGITS_ROOT"] = str(make_digits_folder(Path(args.runs) / "digits8-data"))
+        flags = [roots.get(f, f) for f in flags]
         cmd = [sys.executable, str(HERE / "accuracy.py"), "--setting", name, "--recipes", args.recipes,
                "--seeds", args.seeds, "--epochs", str(epochs), "--cooldown-epochs", str(cooldown),
                "--sweep-rates", "1.0,0.5,0.25", "--jobs", str(args.jobs), "--reuse",
-               "--runs", str(Path(args.runs) / name),
+               "--runs", str(Path(args.runs) / name), *(f"--alias={k}={v}" for k, v in roots.items()),
                "--json", str(RESULTS / f"study_{name}_s{args.seeds.replace(',', '')}_{len(args.recipes.split(','))}r.json"),
                "--", "--threads", "1", *flags]
         print("+", " ".join(cmd), flush=True)
@@ -127,13 +129,20 @@ def train_cpu_time(run_dir: str) -> float | None:
     return sum(r["cpu_time"] for r in records) if records and all("cpu_time" in r for r in records) else None
 
 
-def setting_rows(data: dict) -> list[dict]:
+def run_dir(runs_dir: Path, setting: str, run: str) -> str:
+    """Where a run of the results JSON lies: its name relative to ``runs_dir/setting`` (files written
+    before runs were named that way hold absolute paths, used as they are)."""
+    return run if Path(run).is_absolute() else str(runs_dir / setting / run)
+
+
+def setting_rows(data: dict, runs_dir: Path) -> list[dict]:
     runs = data["runs"]
+    where = functools.partial(run_dir, runs_dir, data["meta"]["setting"])
     base = runs["baseline"]
     base_acc = statistics.fmean(r["acc1"] for r in base)
     base_time = statistics.fmean(r["train_time_s"] for r in base)
     base_cpu = statistics.fmean(r["cpu_time_s"] for r in base)
-    base_train_cpu = [train_cpu_time(r["run"]) for r in base]
+    base_train_cpu = [train_cpu_time(where(r["run"])) for r in base]
     rows = []
     for recipe, rs in runs.items():
         accs = [r["acc1"] for r in rs]
@@ -144,12 +153,12 @@ def setting_rows(data: dict) -> list[dict]:
             "gap": statistics.fmean(accs) - base_acc,
             "time_ratio": statistics.fmean(r["train_time_s"] for r in rs) / base_time,
             "cpu_ratio": statistics.fmean(r["cpu_time_s"] for r in rs) / base_cpu,
-            "train_cpu_ratio": ratio_of_means([train_cpu_time(r["run"]) for r in rs], base_train_cpu),
+            "train_cpu_ratio": ratio_of_means([train_cpu_time(where(r["run"])) for r in rs], base_train_cpu),
             "reach_ratio": (statistics.fmean(reach) / base_time) if all(x is not None for x in reach) else None,
             "gain5": statistics.fmean(r["gain_last_fifth_smoothed"] for r in rs),
             "at0.5": statistics.fmean(r["sweep"]["0.5"] for r in rs),
             "at0.25": statistics.fmean(r["sweep"]["0.25"] for r in rs),
-            "data_wait_share": data_wait_share(rs[0]["run"]),
+            "data_wait_share": data_wait_share(where(rs[0]["run"])),
         })
     return rows
 
@@ -174,10 +183,10 @@ def choose(tables: dict[str, list[dict]], max_time_ratio: float,
     return best, worst
 
 
-def merged_results() -> dict[str, dict]:
+def merged_results(results: Path = RESULTS) -> dict[str, dict]:
     """Every setting's runs from all study_<setting>*.json files (one per `run` call), each run once."""
     merged: dict[str, dict] = {}
-    for path in sorted(RESULTS.glob("study_*.json")):
+    for path in sorted(results.glob("study_*.json")):
         if path.name == "study_report.json":
             continue
         data = json.loads(path.read_text())
@@ -190,8 +199,11 @@ def merged_results() -> dict[str, dict]:
 
 def report(args: argparse.Namespace) -> None:
     tables, curves = {}, {}
-    for name, data in merged_results().items():
-        tables[name] = setting_rows(data)
+    missing = set()
+    for name, data in merged_results(Path(args.results)).items():
+        tables[name] = setting_rows(data, Path(args.runs))
+        if all(r["data_wait_share"] is None for r in tables[name]):
+            missing.add(name)
         curves[name] = data["runs"]
         seeds = sorted({len(runs) for runs in data["runs"].values()})
         print(f"\n{name} ({data['meta']['epochs']} epochs, {'/'.join(map(str, seeds))} seeds, {data['meta']['machine']})")
@@ -201,7 +213,10 @@ def report(args: argparse.Namespace) -> None:
             reach = f"{r['reach_ratio']:.2f}" if r["reach_ratio"] is not None else "never"
             print(f"{r['recipe']:<20}{r['acc1']:>8.2f} ±{r['acc1_std']:>4.2f}{r['gap']:>+7.2f}{r['time_ratio']:>6.2f}"
                   f"{r['cpu_ratio']:>6.2f}{(r['train_cpu_ratio'] or float('nan')):>6.2f}{reach:>7}{r['gain5']:>+7.2f}{r['at0.5']:>7.1f}{r['at0.25']:>7.1f}"
-                  f"{100 * (r['data_wait_share'] or 0):>5.1f}%")
+                  + (f"{100 * r['data_wait_share']:>5.1f}%" if r["data_wait_share"] is not None else f"{'n/a':>6}"))
+    if missing:
+        print(f"\nno step logs under {args.runs} for {', '.join(sorted(missing))}: their tcpu and wait columns "
+              f"are empty and the rule uses the whole loop's CPU time there (pass the study's --runs)")
     time_settings = args.time_settings.split(",")
     held_out = {name: rows for name, rows in tables.items() if name in HELD_OUT}
     best, worst = choose({k: v for k, v in tables.items() if k not in HELD_OUT}, args.max_time_ratio, time_settings)
@@ -215,7 +230,7 @@ def report(args: argparse.Namespace) -> None:
             if r["recipe"] == best:
                 print(f"held out: {name}: {best} gap {r['gap']:+.2f} pt at {r['train_cpu_ratio'] or float('nan'):.2f}x "
                       f"the baseline's training CPU time")
-    out = RESULTS / "study_report.json"
+    out = Path(args.json)
     out.write_text(json.dumps({"max_time_ratio": args.max_time_ratio, "chosen": best, "worst_gap": worst,
                                "held_out": sorted(held_out), "tables": tables}, indent=1))
     print(f"wrote {out}")
@@ -264,6 +279,9 @@ def main() -> None:
     p.add_argument("--time-settings", default="cifar10-short,cifar10-long",
                    help="settings whose time ratio the rule bounds (the mnist5k model's steps are mostly fixed costs)")
     p.add_argument("--figure", default="docs/study-time-to-accuracy.png")
+    p.add_argument("--runs", default=str(HERE / ".cache" / "study"), help="the runs folder of `run` (for step logs)")
+    p.add_argument("--results", default=str(RESULTS), help="folder of the study_*.json files")
+    p.add_argument("--json", default=str(RESULTS / "study_report.json"), help="where to write the report")
     args = parser.parse_args()
     run(args) if args.command == "run" else report(args)
 
