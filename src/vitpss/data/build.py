@@ -1,0 +1,132 @@
+"""``build_datasets``: the train and validation datasets of a training config, from any source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import TrainConfig
+from ..errors import UsageError
+from .augment import (RANDAUG_ERASE_PROBABILITY, BatchPadCrop, BatchRandomResizedCrop, TensorRandAugment,
+                      _normalisation, build_transform, hflip_probability, light_crop)
+from .datasets import InMemoryDataset, TransformedDataset
+from .sources import (CIFAR10_CLASSES, DATA_DEFAULTS, MNIST_TRAIN_SIZE, ArrayImages, FolderImages,
+                      SyntheticImages, data_kind, decode_folder, default_data_root, image_sizes, load_cifar10,
+                      load_mnist5k, per_class_subset, scan_image_folder, to_uint8_tensor)
+
+#: ``--in-memory auto`` holds an ImageFolder in memory when its decoded uint8 pixels stay under this.
+IN_MEMORY_LIMIT_BYTES = 4 << 30
+
+
+def _in_memory_datasets(cfg: TrainConfig, kind: str, train: tuple[torch.Tensor, np.ndarray],
+                        val: tuple[torch.Tensor, np.ndarray], classes: Sequence[str],
+                        img_size: int, in_chans: int) -> tuple[Dataset, Dataset]:
+    mean, std = _normalisation(kind, in_chans)
+    crop: Callable | None = None
+    if cfg.augment in ("pad-crop", "randaug"):
+        crop = BatchPadCrop(pad=max(1, round(train[0].shape[-1] / 8)), hflip=hflip_probability(cfg))
+    elif cfg.augment == "light":
+        crop = BatchRandomResizedCrop(**light_crop(cfg))
+    randaug = TensorRandAugment() if cfg.augment == "randaug" else None
+    common = {"img_size": img_size, "mean": mean, "std": std}
+    return (InMemoryDataset(*train, classes, crop=crop, randaug=randaug, **common),
+            InMemoryDataset(*val, classes, **common))
+
+
+def _folder_in_memory(cfg: TrainConfig, samples: Sequence[tuple[str, int]], in_chans: int) -> bool:
+    """Whether ``--in-memory`` holds this ImageFolder in memory (``auto``: one image size, under the limit)."""
+    if cfg.in_memory == "off":
+        return False
+    if cfg.in_memory == "auto":  # too large at the first image's size: no need to read every header
+        first = next(iter(image_sizes(samples, stop_at=1)), (0, 0))
+        if len(samples) * first[0] * first[1] * in_chans > IN_MEMORY_LIMIT_BYTES:
+            return False
+    sizes = image_sizes(samples)
+    if len(sizes) > 1:
+        if cfg.in_memory == "on":
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
+            raise UsageError(f"--in-memory on needs images of one size, but --data {cfg.data} has {len(sizes)} "
+                             f"sizes ({shown}, ...): resize them, or pass --in-memory off")
+        return False
+    width, height = next(iter(sizes), (0, 0))
+    return cfg.in_memory == "on" or len(samples) * width * height * in_chans <= IN_MEMORY_LIMIT_BYTES
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
+    """``(train_ds, val_ds, num_classes, in_chans, img_size)`` for ``cfg.data``.
+
+    Images are prepared for ``cfg.in_chans`` channels and ``cfg.img_size`` pixels, or, where those
+    are ``None``, for the data's own defaults (:data:`DATA_DEFAULTS`), which are returned. Datasets
+    yield ``(image tensor, label)``. Bad data raises UsageError.
+    """
+    kind = data_kind(cfg.data)
+    default_chans, default_size = DATA_DEFAULTS[kind]
+    in_chans = cfg.in_chans or default_chans
+    img_size = cfg.img_size or default_size
+    if kind == "synthetic":
+        num_classes = cfg.num_classes or 10
+        val_size = max(1, min(1024, cfg.synthetic_size // 4))
+        classes = [str(i) for i in range(num_classes)]
+        train_src = SyntheticImages(cfg.synthetic_size, in_chans, img_size, num_classes, cfg.seed)
+        val_src = SyntheticImages(val_size, in_chans, img_size, num_classes, cfg.seed, offset=cfg.synthetic_size)
+        return (TransformedDataset(train_src, None, classes), TransformedDataset(val_src, None, classes),
+                num_classes, in_chans, img_size)
+    memory: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None
+    if kind == "mnist5k":
+        images, labels = load_mnist5k()
+        order = np.random.default_rng(0).permutation(len(images))
+        train_idx, val_idx = order[:MNIST_TRAIN_SIZE], order[MNIST_TRAIN_SIZE:]
+        train_idx = train_idx[per_class_subset(labels[train_idx], cfg.train_subset)]
+        val_idx = val_idx[per_class_subset(labels[val_idx], cfg.val_subset)]
+        classes = [str(i) for i in range(10)]
+        train_src = ArrayImages(images[train_idx], labels[train_idx], in_chans)
+        val_src = ArrayImages(images[val_idx], labels[val_idx], in_chans)
+    elif kind == "cifar10":
+        root = Path(cfg.data_root).expanduser() if cfg.data_root else default_data_root() / "cifar10"
+        train_x, train_y, val_x, val_y = load_cifar10(root)
+        classes = list(CIFAR10_CLASSES)
+        keep_train, keep_val = per_class_subset(train_y, cfg.train_subset), per_class_subset(val_y, cfg.val_subset)
+        memory = ((to_uint8_tensor(train_x[keep_train], in_chans), train_y[keep_train]),
+                  (to_uint8_tensor(val_x[keep_val], in_chans), val_y[keep_val]))
+    else:
+        classes, train_samples, val_samples = scan_image_folder(cfg.data, cfg.on_bad_image)
+        if len(classes) < 2:
+            raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
+        subsets = []
+        for samples, per_class in ((train_samples, cfg.train_subset), (val_samples, cfg.val_subset)):
+            labels = np.asarray([label for _, label in samples], dtype=np.int64)
+            subsets.append([samples[i] for i in per_class_subset(labels, per_class)])
+        train_samples, val_samples = subsets
+        train_src = FolderImages(train_samples, in_chans, cfg.on_bad_image)
+        val_src = FolderImages(val_samples, in_chans, cfg.on_bad_image)
+        if _folder_in_memory(cfg, train_samples + val_samples, in_chans):
+            progress = not cfg.quiet
+            memory = ((decode_folder(train_src, "decoding train/", progress), np.asarray([y for _, y in train_samples])),
+                      (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_samples])))
+    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
+                         f"drop --num-classes (it is read from the data)")
+    if memory is not None:
+        return (*_in_memory_datasets(cfg, kind, *memory, classes, img_size, in_chans), len(classes), in_chans, img_size)
+    if kind == "folder":  # decoded per image; uint8 views for the device (see TransformedDataset.uint8_view)
+        device_side = {"normalization": _normalisation(kind, in_chans)}
+        train_ds = TransformedDataset(
+            train_src, build_transform(cfg, True, img_size, in_chans), classes, **device_side,
+            uint8_transform=build_transform(cfg, True, img_size, in_chans, uint8=True),
+            erase_probability=RANDAUG_ERASE_PROBABILITY if cfg.augment == "randaug" else 0.0)
+        val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, **device_side,
+                                    uint8_transform=build_transform(cfg, False, img_size, in_chans, uint8=True))
+        return train_ds, val_ds, len(classes), in_chans, img_size
+    # mnist5k: the small embedded set's deterministic transforms are cached, as normalised floats
+    if cfg.augment == "light":  # the cached images, cropped a batch at a time (see BatchRandomResizedCrop)
+        train_ds = TransformedDataset(train_src, build_transform(cfg, False, img_size, in_chans), classes,
+                                      cache=True, batch_augment=BatchRandomResizedCrop(**light_crop(cfg)))
+    else:
+        train_ds = TransformedDataset(train_src, build_transform(cfg, True, img_size, in_chans), classes,
+                                      cache=cfg.augment == "none")
+    val_ds = TransformedDataset(val_src, build_transform(cfg, False, img_size, in_chans), classes, cache=True)
+    return train_ds, val_ds, len(classes), in_chans, img_size
