@@ -51,7 +51,8 @@ MAX_MEASURED = 12
 PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool",
                "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
                "cooldown_epochs", "period_steps", "epochs", "threads", "data", "synthetic_size", "augment", "hflip",
-               "workers", "on_bad_image", "seed", "data_root", "in_memory", "train_subset")
+               "workers", "on_bad_image", "seed", "data_root", "in_memory", "train_subset", "train_split",
+               "val_split", "image_column", "label_column", "decode")
 SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
 #: A rate is data-bound when more than this share of its step would be spent waiting for data.
 DATA_WAIT_LIMIT = 0.10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,6 +15,8 @@ from ..errors import UsageError
 from .augment import (RANDAUG_ERASE_PROBABILITY, BatchPadCrop, BatchRandomResizedCrop, TensorRandAugment,
                       _normalisation, build_transform, hflip_probability, light_crop)
 from .datasets import InMemoryDataset, TransformedDataset
+from .hf import HFImages, columns, load_splits
+from .shards import ShardImages, index_shards, shard_paths
 from .sources import (CIFAR10_CLASSES, DATA_DEFAULTS, MNIST_TRAIN_SIZE, ArrayImages, FolderImages,
                       SyntheticImages, data_kind, decode_folder, default_data_root, image_sizes, load_cifar10,
                       load_mnist5k, per_class_subset, scan_image_folder, to_uint8_tensor)
@@ -56,6 +59,60 @@ def _folder_in_memory(cfg: TrainConfig, samples: Sequence[tuple[str, int]], in_c
     return cfg.in_memory == "on" or len(samples) * width * height * in_chans <= IN_MEMORY_LIMIT_BYTES
 
 
+def _subset(samples: Sequence[tuple[str, int]], per_class: int | None) -> np.ndarray:
+    return per_class_subset(np.asarray([label for _, label in samples], dtype=np.int64), per_class)
+
+
+def _disk_sources(cfg: TrainConfig, kind: str, in_chans: int) -> tuple[list[str], FolderImages, FolderImages]:
+    """Classes and the train and validation images (``--*-subset`` applied) of an ImageFolder, WebDataset
+    shards or a Hugging Face dataset."""
+    if kind != "folder" and cfg.in_memory == "on":
+        raise UsageError(f"--in-memory on holds an ImageFolder in memory; --data {cfg.data} is read image by image: "
+                         f"drop --in-memory")
+    if kind == "wds":
+        paths = [shard_paths(cfg.data, split, pattern) for split, pattern in (("train", cfg.train_split),
+                                                                             ("val", cfg.val_split))]
+        indexed = [index_shards(p, cfg.on_bad_image) for p in paths]
+        root = paths[0][0].parent
+        if not any((root / n).is_file() for n in ("_info.json", "info.json")):
+            print(f"vitpss: --data {cfg.data}: no _info.json; counted {len(indexed[0][0])} train and "
+                  f"{len(indexed[1][0])} val samples from the tar headers of {len(paths[0]) + len(paths[1])} shards",
+                  file=sys.stderr, flush=True)
+        for split, (samples, _) in zip(("train", "val"), indexed):
+            if not samples:
+                raise UsageError(f"--data {cfg.data}: the {split} shards hold no readable samples")
+        classes = [str(c) for c in range(1 + max(label for _, label in indexed[0][0]))]
+        sources = []
+        for (samples, where), shards, per_class in zip(indexed, paths, (cfg.train_subset, cfg.val_subset)):
+            keep = _subset(samples, per_class)
+            sources.append(ShardImages([samples[i] for i in keep], [where[i] for i in keep], shards, in_chans,
+                                       cfg.on_bad_image))
+    elif kind == "hf":
+        splits = load_splits(cfg.data, cfg.train_split, cfg.val_split, cfg.image_column, cfg.data_root)
+        sources = []
+        for (name, ds), flag, per_class in zip(splits, ("--train-split", "--val-split"), (cfg.train_subset, cfg.val_subset)):
+            ds, labels, names = columns(ds, cfg.data, name, cfg.image_column, cfg.label_column, flag)
+            if not len(labels):
+                raise UsageError(f"--data {cfg.data}: split {name!r} has no rows")
+            if not sources:
+                classes = names or [str(c) for c in range(1 + int(labels.max()))]
+            rows = per_class_subset(labels, per_class)
+            sources.append(HFImages(ds, rows, labels[rows], cfg.image_column, name, in_chans, cfg.on_bad_image))
+    else:
+        classes, train_samples, val_samples = scan_image_folder(cfg.data, cfg.on_bad_image)
+        if len(classes) < 2:
+            raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
+        sources = [FolderImages([samples[i] for i in _subset(samples, per_class)], in_chans, cfg.on_bad_image)
+                   for samples, per_class in ((train_samples, cfg.train_subset), (val_samples, cfg.val_subset))]
+    beyond = [label for _, label in sources[1].samples if label >= len(classes)]
+    if beyond:
+        raise UsageError(f"--data {cfg.data}: a validation sample has class {beyond[0]}, but the training data has "
+                         f"{len(classes)} classes (0..{len(classes) - 1})")
+    if len(classes) < 2:
+        raise UsageError(f"--data {cfg.data}: found {len(classes)} class; a classifier needs at least 2")
+    return classes, sources[0], sources[1]
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
     """``(train_ds, val_ds, num_classes, in_chans, img_size)`` for ``cfg.data``.
 
@@ -93,26 +150,17 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
         memory = ((to_uint8_tensor(train_x[keep_train], in_chans), train_y[keep_train]),
                   (to_uint8_tensor(val_x[keep_val], in_chans), val_y[keep_val]))
     else:
-        classes, train_samples, val_samples = scan_image_folder(cfg.data, cfg.on_bad_image)
-        if len(classes) < 2:
-            raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
-        subsets = []
-        for samples, per_class in ((train_samples, cfg.train_subset), (val_samples, cfg.val_subset)):
-            labels = np.asarray([label for _, label in samples], dtype=np.int64)
-            subsets.append([samples[i] for i in per_class_subset(labels, per_class)])
-        train_samples, val_samples = subsets
-        train_src = FolderImages(train_samples, in_chans, cfg.on_bad_image)
-        val_src = FolderImages(val_samples, in_chans, cfg.on_bad_image)
-        if _folder_in_memory(cfg, train_samples + val_samples, in_chans):
+        classes, train_src, val_src = _disk_sources(cfg, kind, in_chans)
+        if kind == "folder" and _folder_in_memory(cfg, train_src.samples + val_src.samples, in_chans):
             progress = not cfg.quiet
-            memory = ((decode_folder(train_src, "decoding train/", progress), np.asarray([y for _, y in train_samples])),
-                      (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_samples])))
+            memory = ((decode_folder(train_src, "decoding train/", progress), np.asarray([y for _, y in train_src.samples])),
+                      (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_src.samples])))
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")
     if memory is not None:
         return (*_in_memory_datasets(cfg, kind, *memory, classes, img_size, in_chans), len(classes), in_chans, img_size)
-    if kind == "folder":  # decoded per image; uint8 views for the device (see TransformedDataset.uint8_view)
+    if kind in ("folder", "wds", "hf"):  # decoded per image; uint8 views for the device (see TransformedDataset.uint8_view)
         device_side = {"normalization": _normalisation(kind, in_chans)}
         train_ds = TransformedDataset(
             train_src, build_transform(cfg, True, img_size, in_chans), classes, **device_side,

@@ -67,7 +67,7 @@ def default_workers(cfg: TrainConfig, world_size: int = 1) -> int:
     """
     if cfg.workers is not None:
         return cfg.workers
-    if data_kind(cfg.data) != "folder":
+    if data_kind(cfg.data) not in ("folder", "wds", "hf"):
         return 0  # in memory
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_process = cpus // world_size

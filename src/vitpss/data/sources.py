@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -27,13 +27,26 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 MNIST_TRAIN_SIZE = 4000
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: Input (channels, size) of each data source when the model does not say otherwise.
-DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "cifar10": (3, 32), "folder": (3, 224)}
+DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "cifar10": (3, 32), "folder": (3, 224), "wds": (3, 224),
+                 "hf": (3, 224)}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def data_kind(data: str) -> str:
-    """``mnist5k``, ``synthetic``, ``cifar10`` or ``folder`` (an ImageFolder path)."""
-    return data if data in ("mnist5k", "synthetic", "cifar10") else "folder"
+    """``mnist5k``, ``synthetic``, ``cifar10``, ``wds`` (WebDataset shards: ``wds/DIR``, or a folder with
+    ``train-*.tar``), ``hf`` (Hugging Face: ``hfds/NAME``, or a folder with ``dataset_dict.json``) or
+    ``folder`` (an ImageFolder path)."""
+    if data in ("mnist5k", "synthetic", "cifar10"):
+        return data
+    prefix = data.partition("/")[0].lower()
+    if prefix in ("wds", "hfds") and "/" in data:
+        return "wds" if prefix == "wds" else "hf"
+    root = Path(data).expanduser()
+    if (root / "dataset_dict.json").is_file():
+        return "hf"
+    if root.is_dir() and any(root.glob("train-*.tar")):
+        return "wds"
+    return "folder"
 
 
 def default_data_root() -> Path:
@@ -108,10 +121,19 @@ class FolderImages(Dataset):
         """Paths of the bad images met so far (by any worker)."""
         return [self.samples[i][0] for i in self.bad.nonzero().flatten().tolist()]
 
+    def encoded(self, index: int) -> bytes:
+        """The undecoded file of sample ``index`` (for decoding elsewhere, e.g. on the GPU)."""
+        with open(self.samples[index][0], "rb") as f:
+            return f.read()
+
+    def open(self, index: int) -> str | BinaryIO:
+        """What Pillow opens for sample ``index``: its path here; a byte stream in subclasses."""
+        return self.samples[index][0]
+
     def read(self, index: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(self.samples[index][0]) as img:
+            with Image.open(self.open(index)) as img:
                 img.load()
                 return to_channels(img, self.in_chans)
 
