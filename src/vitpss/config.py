@@ -279,6 +279,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise UsageError(f"unknown {name} {value!r}{nearest(value, choices)}: choose one of {shown}")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise UsageError(f"--device={cfg.device!r} is not a device: use {DEVICE_HINT}")
+    if cfg.decode == "gpu" and cfg.augment not in ("none", "light"):
+        raise UsageError(f"--decode gpu does the random-resized crop and flip on the device, not --augment "
+                         f"{cfg.augment}: use --augment light or none, or --decode cpu")
     if cfg.min_lr > cfg.lr:
         raise UsageError(f"--min-lr={cfg.min_lr} exceeds --lr={cfg.lr}: the decay must end below the peak")
     if cfg.warmup_epochs > cfg.epochs:

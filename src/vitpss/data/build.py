@@ -42,7 +42,7 @@ def _in_memory_datasets(cfg: TrainConfig, kind: str, train: tuple[torch.Tensor, 
 
 def _folder_in_memory(cfg: TrainConfig, samples: Sequence[tuple[str, int]], in_chans: int) -> bool:
     """Whether ``--in-memory`` holds this ImageFolder in memory (``auto``: one image size, under the limit)."""
-    if cfg.in_memory == "off":
+    if cfg.in_memory == "off" or (cfg.in_memory == "auto" and cfg.decode == "gpu"):
         return False
     if cfg.in_memory == "auto":  # too large at the first image's size: no need to read every header
         first = next(iter(image_sizes(samples, stop_at=1)), (0, 0))

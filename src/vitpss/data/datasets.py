@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ..seeding import seeded_rng
 from .augment import BatchPadCrop, BatchRandomResizedCrop, TensorRandAugment
+from .gpu_decode import EncodedImages
 
 class InMemoryDataset(Dataset):
     """Images held as one uint8 tensor ``(N, C, H, W)``, served as normalised float tensors of
@@ -109,6 +110,13 @@ class TransformedDataset(Dataset):
         view = copy.copy(self)
         view.transform, view.uint8 = self.uint8_transform, True
         return view
+
+    def encoded_view(self) -> "EncodedImages | None":
+        """The same images undecoded, for ``--decode gpu`` (:class:`~vitpss.data.gpu_decode.EncodedImages`:
+        the device decodes and crops them); None unless the source reads files (``encoded``)."""
+        if self.uint8_transform is None or self.normalization is None or not hasattr(self.source, "encoded"):
+            return None
+        return EncodedImages(self.source, self.uint8_transform, self.normalization, self.erase_probability)
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]

@@ -10,7 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import TrainConfig
+from ..errors import UsageError
 from ..prefetch import DevicePrefetcher
+from .gpu_decode import DeviceDecode
 from .sources import data_kind
 
 class EpochSampler(Sampler):
@@ -90,12 +92,11 @@ def build_loader(ds: Dataset, cfg: TrainConfig, train: bool, *, rank: int = 0, w
     batch_size = batch_size or cfg.batch_size
     sampler = EpochSampler(len(ds), seed=cfg.seed, shuffle=train, rank=rank, world_size=world_size, pad=train)
     workers = default_workers(cfg, world_size)
-    uint8_view = getattr(ds, "uint8_view", None)
-    view = uint8_view() if device is not None and uint8_view is not None else None
+    view, decode = _device_view(ds, cfg, device)
     loader = DataLoader(
         view if view is not None else ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        drop_last=train and sampler.shard_size() >= batch_size,
-        persistent_workers=workers > 0, pin_memory=device is not None and device.type == "cuda",
+        drop_last=train and sampler.shard_size() >= batch_size, collate_fn=getattr(view, "collate", None),
+        persistent_workers=workers > 0, pin_memory=device is not None and device.type == "cuda" and decode is None,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the loader off the global RNG
     )
     if device is None:
@@ -103,4 +104,21 @@ def build_loader(ds: Dataset, cfg: TrainConfig, train: bool, *, rank: int = 0, w
     if view is None:
         return DevicePrefetcher(loader, device)
     mean, std = view.normalization
-    return DevicePrefetcher(loader, device, mean=mean, std=std, erase_probability=view.erase_probability)
+    return DevicePrefetcher(loader, device, mean=mean, std=std, erase_probability=view.erase_probability,
+                            decode=decode)
+
+
+def _device_view(ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> tuple[Dataset | None, DeviceDecode | None]:
+    """The dataset view the loader serves for ``device`` (uint8 images, or undecoded JPEGs with
+    ``--decode gpu``) and the device decoder of the latter; ``(None, None)``: ``ds`` itself."""
+    if device is None:
+        return None, None
+    if cfg.decode == "gpu":
+        encoded_view = getattr(ds, "encoded_view", None)
+        view = encoded_view() if encoded_view is not None else None
+        if view is None:
+            raise UsageError(f"--decode gpu decodes image files read from disk, but --data {cfg.data} is held in "
+                             f"memory or generated: pass --in-memory off (an ImageFolder), or drop --decode gpu")
+        return view, DeviceDecode.for_transform(device, view.transform, view.source.in_chans)
+    uint8_view = getattr(ds, "uint8_view", None)
+    return (uint8_view() if uint8_view is not None else None), None

