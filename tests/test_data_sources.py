@@ -213,3 +213,30 @@ def test_loader_workers_read_shards_in_their_own_processes(folder, shards):
     expected = first_batches(config(folder))
     got = first_batches(cfg)
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+PLAN = ["plan", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--embed-dim", "32",
+        "--depth", "2", "--num-heads", "2", "--device", "cpu", "--batch-size", "2", "--epochs", "3",
+        "--steps-per-epoch", "20", "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.mark.parametrize("source", ["shards", "saved_hf"])
+def test_plan_times_the_loader_of_the_new_sources(source, request, capsys):
+    import json
+
+    from vitpss.cli import main
+
+    data = request.getfixturevalue(source)
+    assert main([*PLAN, "--json", "--data", str(data), "--workers", "0", "--data-batches", "2"]) == 0
+    loader = json.loads(capsys.readouterr().out)["data"]
+    assert loader["workers"] == 0 and loader["images_per_s"] > 0
+
+
+def test_plan_advises_device_decoding_not_memory_for_shards(shards, monkeypatch, capsys):
+    import vitpss.commands.plan
+    from vitpss.cli import main
+
+    monkeypatch.setattr(vitpss.commands.plan, "measure_loader", lambda *a, **k: vitpss.commands.plan.LoaderSpeed(1.0, 3, 2))
+    assert main([*PLAN, "--data", str(shards)]) == 0
+    out = capsys.readouterr().out
+    assert "--decode gpu" in out and "--in-memory on" not in out

@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 
 from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
-from ..data import build_datasets, build_loader, default_workers
+from ..data import build_datasets, build_loader, data_kind, default_workers
 from ..errors import UsageError
 from ..flops import FlopModel
 from ..models import build_model, resolve_model_config
@@ -211,9 +211,12 @@ def data_advice(cfg: TrainConfig, speed: LoaderSpeed, needed_images_per_s: float
                       f"images/s, {needed_images_per_s:.0f} needed)")
     if cfg.augment == "randaug":
         advice.append("lighter augmentation (--augment light; randaug is the most expensive)")
-    if cfg.data not in ("synthetic", "mnist5k"):
+    kind = data_kind(cfg.data)
+    if kind not in ("synthetic", "mnist5k", "wds", "hf"):
         advice.append("cheaper decoding: images stored at one size, at the training size, and decoded once into "
                       "memory as uint8 (--in-memory on)")
+    if kind in ("folder", "wds", "hf") and cfg.decode == "cpu" and cfg.augment in ("none", "light"):
+        advice.append("JPEG decoding, crop and flip on the GPU (--decode gpu)")
     return advice
 
 
