@@ -240,3 +240,16 @@ def test_plan_advises_device_decoding_not_memory_for_shards(shards, monkeypatch,
     assert main([*PLAN, "--data", str(shards)]) == 0
     out = capsys.readouterr().out
     assert "--decode gpu" in out and "--in-memory on" not in out
+
+
+@pytest.mark.parametrize("source", ["shards", "saved_hf"])
+def test_ranks_read_disjoint_shares_that_cover_the_data(source, request):
+    data = request.getfixturevalue(source)
+    cfg = config(data)
+    train, *_ = build_datasets(cfg)
+    shares = []
+    for rank in range(2):
+        loader = build_loader(train, cfg, train=True, rank=rank, world_size=2, batch_size=2)
+        loader.sampler.set_epoch(0)
+        shares.append([index for index, _ in loader.sampler])
+    assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == list(range(len(train)))

@@ -146,6 +146,11 @@ class ShardImages(FolderImages):
         self._files: dict[int, int] = {}
         self._pid = os.getpid()
 
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self.__dict__.get("_files", {}).values():
+                os.close(fd)
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}  # file descriptors do not travel to workers
 
