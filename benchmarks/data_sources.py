@@ -5,7 +5,7 @@ and training accuracy per epoch.
 
 A fixed per-class subset of ROOT (``--per-class``, ``--val-per-class``; the choice of
 ``--train-subset``) is written three ways under ``--work``, in the same sample order: an ImageFolder
-of links, ``train-*.tar``/``val-*.tar`` shards (``--shard-size`` samples each) and a
+(copies), ``train-*.tar``/``val-*.tar`` shards (``--shard-size`` samples each) and a
 ``DatasetDict.save_to_disk`` folder. Then
 - loader: images/s of one training epoch of ``build_loader`` (``--augment light``, ``--workers``,
   decoding on the CPU, the device prefetcher on the CPU), sources alternated, median of ``--repeats``;
@@ -17,9 +17,11 @@ Prints a table and writes JSON (``--json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,7 @@ def subset(samples: list[tuple[str, int]], per_class: int) -> list[tuple[str, in
 
 def write_sources(root: Path, work: Path, per_class: int, val_per_class: int,
                   shard_size: int) -> tuple[dict[str, Path], dict[str, int]]:
-    """The subset of ``root`` as an ImageFolder of links, WebDataset shards and a saved HF dataset."""
+    """The subset of ``root`` as an ImageFolder (copies), WebDataset shards and a saved HF dataset."""
     import datasets
     import webdataset as wds
 
@@ -58,9 +60,9 @@ def write_sources(root: Path, work: Path, per_class: int, val_per_class: int,
                 for i, (path, label) in enumerate(samples[start:start + shard_size], start):
                     sink.write({"__key__": f"{i:07d}", "jpg": Path(path).read_bytes(), "cls": label})
         for path, label in samples:
-            link = paths["folder"] / split / classes[label] / Path(path).name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(Path(path).resolve())
+            copy = paths["folder"] / split / classes[label] / Path(path).name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
     datasets.DatasetDict({
         name: datasets.Dataset.from_dict({"image": [{"bytes": Path(p).read_bytes(), "path": None} for p, _ in samples],
@@ -103,6 +105,14 @@ def train_curves(paths: dict[str, Path], work: Path, epochs: int, batch_size: in
     return runs
 
 
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="ImageFolder with train/ and val/ (JPEG images)")
@@ -128,8 +138,8 @@ def main() -> None:
     for name in SOURCES:
         curve = " ".join(f"{a:5.1f}" for a in runs[name]["acc1"])
         print(f"{name:8} {statistics.median(speeds[name]):25.0f}  {curve}")
-    result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} CPUs visible", "torch": torch.__version__, "workers": args.workers,
+    result = {"command": " ".join(["python", *sys.argv]), "machine": f"{cpu_name()}, {os.cpu_count()} CPUs visible, "
+              f"load average {os.getloadavg()[0]:.1f} at the end", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "workers": args.workers,
               "images": counts, "loader_images_per_s": speeds,
               "loader_median": {n: statistics.median(s) for n, s in speeds.items()}, "train": runs,
               "same_curve": len({tuple(r["acc1"]) for r in runs.values()}) == 1}
