@@ -138,7 +138,7 @@ def main() -> None:
     for name in SOURCES:
         curve = " ".join(f"{a:5.1f}" for a in runs[name]["acc1"])
         print(f"{name:8} {statistics.median(speeds[name]):25.0f}  {curve}")
-    result = {"command": " ".join(["python", *sys.argv]), "machine": f"{cpu_name()}, {os.cpu_count()} CPUs visible, "
+    result = {"command": " ".join(["python", *sys.argv]).replace(args.root, "ROOT"), "machine": f"{cpu_name()}, {os.cpu_count()} CPUs visible, "
               f"load average {os.getloadavg()[0]:.1f} at the end", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "workers": args.workers,
               "images": counts, "loader_images_per_s": speeds,
               "loader_median": {n: statistics.median(s) for n, s in speeds.items()}, "train": runs,
