@@ -253,3 +253,15 @@ def test_ranks_read_disjoint_shares_that_cover_the_data(source, request):
         loader.sampler.set_epoch(0)
         shares.append([index for index, _ in loader.sampler])
     assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == list(range(len(train)))
+
+
+def test_wds_dir_reads_split_shards_from_timms_info_file(shards, tmp_path, capsys):
+    import json
+
+    copy = copy_shards(shards, tmp_path)
+    splits = {split: {"name": split, "num_samples": count, "filenames": sorted(p.name for p in copy.glob(f"{split}-*.tar")),
+                      "shard_lengths": []} for split, count in (("train", 12), ("val", 6))}
+    splits["train"]["filenames"] = splits["train"]["filenames"][:2]  # the info file decides, not the glob
+    (copy / "_info.json").write_text(json.dumps({"splits": splits}))
+    train, val, *_ = build_datasets(config(f"wds/{copy}"))
+    assert (len(train), len(val)) == (10, 6) and "no _info.json" not in capsys.readouterr().err
