@@ -63,6 +63,41 @@ def _subset(samples: Sequence[tuple[str, int]], per_class: int | None) -> np.nda
     return per_class_subset(np.asarray([label for _, label in samples], dtype=np.int64), per_class)
 
 
+def _shard_sources(cfg: TrainConfig, in_chans: int) -> tuple[list[str], list[FolderImages]]:
+    paths = [shard_paths(cfg.data, split, pattern) for split, pattern in (("train", cfg.train_split),
+                                                                         ("val", cfg.val_split))]
+    indexed = [index_shards(p, cfg.on_bad_image) for p in paths]
+    if not any((paths[0][0].parent / n).is_file() for n in ("_info.json", "info.json")):
+        print(f"vitpss: --data {cfg.data}: no _info.json; counted {len(indexed[0][0])} train and "
+              f"{len(indexed[1][0])} val samples from the tar headers of {len(paths[0]) + len(paths[1])} shards",
+              file=sys.stderr, flush=True)
+    for split, (samples, _) in zip(("train", "val"), indexed):
+        if not samples:
+            raise UsageError(f"--data {cfg.data}: the {split} shards hold no readable samples")
+    classes = [str(c) for c in range(1 + max(label for _, label in indexed[0][0]))]
+    sources: list[FolderImages] = []
+    for (samples, where), shards, per_class in zip(indexed, paths, (cfg.train_subset, cfg.val_subset)):
+        keep = _subset(samples, per_class)
+        sources.append(ShardImages([samples[i] for i in keep], [where[i] for i in keep], shards, in_chans,
+                                   cfg.on_bad_image))
+    return classes, sources
+
+
+def _hf_sources(cfg: TrainConfig, in_chans: int) -> tuple[list[str], list[FolderImages]]:
+    splits = load_splits(cfg.data, cfg.train_split, cfg.val_split, cfg.image_column, cfg.data_root)
+    classes: list[str] = []
+    sources: list[FolderImages] = []
+    for (name, ds), flag, per_class in zip(splits, ("--train-split", "--val-split"), (cfg.train_subset, cfg.val_subset)):
+        ds, labels, names = columns(ds, cfg.data, name, cfg.image_column, cfg.label_column, flag)
+        if not len(labels):
+            raise UsageError(f"--data {cfg.data}: split {name!r} has no rows")
+        if not sources:
+            classes = names or [str(c) for c in range(1 + int(labels.max()))]
+        rows = per_class_subset(labels, per_class)
+        sources.append(HFImages(ds, rows, labels[rows], cfg.image_column, name, in_chans, cfg.on_bad_image))
+    return classes, sources
+
+
 def _disk_sources(cfg: TrainConfig, kind: str, in_chans: int) -> tuple[list[str], FolderImages, FolderImages]:
     """Classes and the train and validation images (``--*-subset`` applied) of an ImageFolder, WebDataset
     shards or a Hugging Face dataset."""
@@ -70,46 +105,20 @@ def _disk_sources(cfg: TrainConfig, kind: str, in_chans: int) -> tuple[list[str]
         raise UsageError(f"--in-memory on holds an ImageFolder in memory; --data {cfg.data} is read image by image: "
                          f"drop --in-memory")
     if kind == "wds":
-        paths = [shard_paths(cfg.data, split, pattern) for split, pattern in (("train", cfg.train_split),
-                                                                             ("val", cfg.val_split))]
-        indexed = [index_shards(p, cfg.on_bad_image) for p in paths]
-        root = paths[0][0].parent
-        if not any((root / n).is_file() for n in ("_info.json", "info.json")):
-            print(f"vitpss: --data {cfg.data}: no _info.json; counted {len(indexed[0][0])} train and "
-                  f"{len(indexed[1][0])} val samples from the tar headers of {len(paths[0]) + len(paths[1])} shards",
-                  file=sys.stderr, flush=True)
-        for split, (samples, _) in zip(("train", "val"), indexed):
-            if not samples:
-                raise UsageError(f"--data {cfg.data}: the {split} shards hold no readable samples")
-        classes = [str(c) for c in range(1 + max(label for _, label in indexed[0][0]))]
-        sources = []
-        for (samples, where), shards, per_class in zip(indexed, paths, (cfg.train_subset, cfg.val_subset)):
-            keep = _subset(samples, per_class)
-            sources.append(ShardImages([samples[i] for i in keep], [where[i] for i in keep], shards, in_chans,
-                                       cfg.on_bad_image))
+        classes, sources = _shard_sources(cfg, in_chans)
     elif kind == "hf":
-        splits = load_splits(cfg.data, cfg.train_split, cfg.val_split, cfg.image_column, cfg.data_root)
-        sources = []
-        for (name, ds), flag, per_class in zip(splits, ("--train-split", "--val-split"), (cfg.train_subset, cfg.val_subset)):
-            ds, labels, names = columns(ds, cfg.data, name, cfg.image_column, cfg.label_column, flag)
-            if not len(labels):
-                raise UsageError(f"--data {cfg.data}: split {name!r} has no rows")
-            if not sources:
-                classes = names or [str(c) for c in range(1 + int(labels.max()))]
-            rows = per_class_subset(labels, per_class)
-            sources.append(HFImages(ds, rows, labels[rows], cfg.image_column, name, in_chans, cfg.on_bad_image))
+        classes, sources = _hf_sources(cfg, in_chans)
     else:
         classes, train_samples, val_samples = scan_image_folder(cfg.data, cfg.on_bad_image)
-        if len(classes) < 2:
-            raise UsageError(f"--data {cfg.data}: found 1 class ({classes[0]!r}); a classifier needs at least 2")
         sources = [FolderImages([samples[i] for i in _subset(samples, per_class)], in_chans, cfg.on_bad_image)
                    for samples, per_class in ((train_samples, cfg.train_subset), (val_samples, cfg.val_subset))]
+    if len(classes) < 2:
+        shown = f" ({classes[0]!r})" if classes else ""
+        raise UsageError(f"--data {cfg.data}: found {len(classes)} class{shown}; a classifier needs at least 2")
     beyond = [label for _, label in sources[1].samples if label >= len(classes)]
     if beyond:
         raise UsageError(f"--data {cfg.data}: a validation sample has class {beyond[0]}, but the training data has "
                          f"{len(classes)} classes (0..{len(classes) - 1})")
-    if len(classes) < 2:
-        raise UsageError(f"--data {cfg.data}: found {len(classes)} class; a classifier needs at least 2")
     return classes, sources[0], sources[1]
 
 
