@@ -11,6 +11,7 @@ subsets and sample-exact resume are those of an ImageFolder.
 from __future__ import annotations
 
 import io
+from types import ModuleType
 from typing import Any, BinaryIO, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ VAL_SPLITS = ("validation", "val", "test")
 INSTALL_HINT = "pip install 'vitpss[datasets]' (or pip install datasets)"
 
 
-def _datasets():
+def _datasets() -> ModuleType:
     try:
         import datasets
     except ImportError:

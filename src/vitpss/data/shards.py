@@ -19,6 +19,7 @@ import os
 import sys
 import tarfile
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO, Sequence
 
 from ..errors import UsageError
@@ -30,7 +31,7 @@ INSTALL_HINT = "pip install 'vitpss[webdataset]' (or pip install webdataset)"
 Member = tuple[int, int]
 
 
-def _webdataset():
+def _webdataset() -> ModuleType:
     try:
         import webdataset
     except ImportError:
