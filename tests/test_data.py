@@ -143,7 +143,7 @@ def test_missing_data_directories_are_usage_errors(tmp_path, mutate, message):
 def test_default_workers_leave_small_cpus_to_the_model(monkeypatch, tmp_path, cores, device, expected):
     from vitpss import data
 
-    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(data.loader.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     cfg = TrainConfig(data=str(tmp_path), device=device)
     assert data.default_workers(cfg) == expected
     assert data.default_workers(dataclasses.replace(cfg, data="mnist5k")) == 0

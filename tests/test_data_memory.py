@@ -116,10 +116,10 @@ def test_in_memory_batches_depend_only_on_seed_and_epoch(fake_cifar10):
 
 
 def test_image_folder_over_the_memory_limit_stays_on_disk(tmp_path, monkeypatch):
-    import vitpss.data
+    import vitpss.data.build
 
     root = make_image_folder(tmp_path / "d", per_class=2, size=16)
-    monkeypatch.setattr(vitpss.data, "IN_MEMORY_LIMIT_BYTES", 100)  # 10 images of 16x16x3 are larger
+    monkeypatch.setattr(vitpss.data.build, "IN_MEMORY_LIMIT_BYTES", 100)  # 10 images of 16x16x3 are larger
     train, *_ = build_datasets(TrainConfig(data=str(root), img_size=16, quiet=True))
     assert not isinstance(train, InMemoryDataset)
     forced, *_ = build_datasets(TrainConfig(data=str(root), img_size=16, quiet=True, in_memory="on"))

@@ -36,3 +36,35 @@ def tiny_run(output: Path, *extra: str, data: str = "synthetic", epochs: int = 2
     if data == "synthetic":
         args += ["--synthetic-size", "32", "--in-chans", "1"]
     return args + list(extra)
+
+
+def folder_to_shards(root: Path, out: Path, per_shard: int = 5) -> Path:
+    """The ImageFolder ``root`` as WebDataset shards ``out/{train,val}-NNNNNN.tar`` (KEY.png + KEY.cls)."""
+    import webdataset as wds
+
+    from vitpss.data import scan_image_folder
+
+    out.mkdir(parents=True, exist_ok=True)
+    _, train, val = scan_image_folder(root)
+    for split, samples in (("train", train), ("val", val)):
+        for start in range(0, len(samples), per_shard):
+            with wds.TarWriter(str(out / f"{split}-{start // per_shard:06d}.tar")) as sink:
+                for i, (path, label) in enumerate(samples[start:start + per_shard], start):
+                    sink.write({"__key__": f"{i:06d}", Path(path).suffix[1:]: Path(path).read_bytes(), "cls": label})
+    return out
+
+
+def folder_to_hf(root: Path, out: Path, val_name: str = "validation") -> Path:
+    """The ImageFolder ``root`` saved with ``DatasetDict.save_to_disk`` (columns image, label: ClassLabel)."""
+    import datasets
+
+    from vitpss.data import scan_image_folder
+
+    classes, train, val = scan_image_folder(root)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    splits = {name: datasets.Dataset.from_dict(
+        {"image": [{"bytes": Path(p).read_bytes(), "path": None} for p, _ in samples],
+         "label": [label for _, label in samples]}, features=features)
+        for name, samples in (("train", train), (val_name, val))}
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    return out

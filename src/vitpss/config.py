@@ -32,6 +32,7 @@ AMP_CHOICES = ("off", "auto", "bf16", "fp16")
 AUGMENT_CHOICES = ("none", "light", "pad-crop", "randaug")
 IN_MEMORY_CHOICES = ("auto", "on", "off")
 BAD_IMAGE_CHOICES = ("skip", "error")
+DECODE_CHOICES = ("cpu", "gpu")
 GLOBAL_POOL_CHOICES = ("token", "avg", "max", "avgmax", "map", "")
 DEVICE_HINT = "auto, cpu, cuda or cuda:N"
 
@@ -57,7 +58,15 @@ class TrainConfig:
     pretrained: str | None = _opt(None, "initial weights: vitpss pretrain/train checkpoint or run dir, timm "
                                         ".pth/.safetensors, or a SimMIM checkpoint (see README)")
     # Data.
-    data: str = _opt("mnist5k", "mnist5k, cifar10, synthetic, or an ImageFolder root with train/ and val/")
+    data: str = _opt("mnist5k", "mnist5k, cifar10, synthetic, an ImageFolder root with train/ and val/, a folder of "
+                                "WebDataset shards (train-*.tar, val-*.tar; or wds/DIR), a Hugging Face dataset saved "
+                                "with save_to_disk, or hfds/NAME (docs/cli.md, 'Where your data lives')")
+    train_split: str | None = _opt(None, "training split: a Hugging Face split name (default train), or with "
+                                         "--data wds/DIR a shard pattern such as 'train-{000000..000099}.tar'")
+    val_split: str | None = _opt(None, "validation split: a Hugging Face split name (default: the first of validation, "
+                                       "val, test), or with --data wds/DIR a shard pattern")
+    image_column: str = _opt("image", "Hugging Face dataset column holding the images")
+    label_column: str = _opt("label", "Hugging Face dataset column holding the integer classes")
     data_root: str | None = _opt(None, "where --data cifar10 is (or is downloaded to); default ~/.cache/vitpss/cifar10")
     train_subset: int | None = _opt(None, "keep this many training images per class (a fixed choice, not seeded)")
     val_subset: int | None = _opt(None, "keep this many validation images per class (a fixed choice)")
@@ -71,6 +80,8 @@ class TrainConfig:
     workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
     on_bad_image: str = _opt("skip", "an ImageFolder file that cannot be read: skip (warn, count, use the next image) "
                                      "or error (stop, naming it)")
+    decode: str = _opt("cpu", "where JPEGs are decoded: cpu (loader workers) or gpu (the device, with the "
+                              "random-resized crop and flip; --augment none or light)")
     # Recipe.
     epochs: int = _opt(15, "training epochs")
     batch_size: int = _opt(32, "images per step and per process")
@@ -255,6 +266,7 @@ _CHOICES: dict[str, typing.Sequence[str]] = {
     "sampler": tuple(SAMPLERS),
     "on_bad_image": BAD_IMAGE_CHOICES,
     "tokens": TOKEN_MODES,
+    "decode": DECODE_CHOICES,
 }
 
 
@@ -277,6 +289,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise UsageError(f"unknown {name} {value!r}{nearest(value, choices)}: choose one of {shown}")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise UsageError(f"--device={cfg.device!r} is not a device: use {DEVICE_HINT}")
+    if cfg.decode == "gpu" and cfg.augment not in ("none", "light"):
+        raise UsageError(f"--decode gpu does the random-resized crop and flip on the device, not --augment "
+                         f"{cfg.augment}: use --augment light or none, or --decode cpu")
     if cfg.min_lr > cfg.lr:
         raise UsageError(f"--min-lr={cfg.min_lr} exceeds --lr={cfg.lr}: the decay must end below the peak")
     if cfg.warmup_epochs > cfg.epochs:

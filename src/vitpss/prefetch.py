@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -71,20 +71,24 @@ class DevicePrefetcher:
 
     ``mean``/``std`` (in [0, 1] units) given: the loader yields ``(uint8 images, labels, seeds)``,
     converted and normalised here; ``erase_probability > 0``: random erasing of the normalised
-    images (:func:`erase_boxes`). Without ``mean``: the loader's batches are already normalised and
+    images (:func:`erase_boxes`). ``decode(payloads, crops)``: the loader yields ``(payloads, labels,
+    seeds, crops)`` that ``decode`` turns into uint8 images on the device (``--decode gpu``,
+    :class:`vitpss.data.gpu_decode.DeviceDecode`). Without ``mean``: the loader's batches are already normalised and
     are only moved. On CUDA the next batch is copied and prepared on a side stream while the
     current one is used. Everything else (``sampler``, ``dataset``, ``batch_size``) is the
     loader's.
     """
 
     def __init__(self, loader: DataLoader, device: torch.device, *, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, erase_probability: float = 0.0) -> None:
+                 std: Optional[Sequence[float]] = None, erase_probability: float = 0.0,
+                 decode: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None) -> None:
         self.loader, self.device = loader, torch.device(device)
         self.mean = self.std = None
         if mean is not None and std is not None:
             self.mean = torch.tensor([255 * m for m in mean], device=self.device).view(1, -1, 1, 1)
             self.std = torch.tensor([255 * s for s in std], device=self.device).view(1, -1, 1, 1)
         self.erase_probability = erase_probability
+        self.decode = decode
         self.erase_generator = torch.Generator(self.device) if erase_probability > 0 else None
 
     def __len__(self) -> int:
@@ -95,7 +99,7 @@ class DevicePrefetcher:
 
     def prepare(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch on the device: copied, converted to float, normalised, erased."""
-        x = batch[0].to(self.device, non_blocking=True)
+        x = self.decode(batch[0], batch[3]) if self.decode else batch[0].to(self.device, non_blocking=True)
         y = batch[1].to(self.device, non_blocking=True)
         if self.mean is not None:
             x = x.float().sub_(self.mean).div_(self.std)

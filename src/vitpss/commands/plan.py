@@ -33,7 +33,7 @@ from torch import nn
 
 from ..budget import LoaderSpeed, measure_loader
 from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
-from ..data import build_datasets
+from ..data import build_datasets, data_kind
 from ..errors import UsageError
 from ..flops import FlopModel
 from ..models import build_model, resolve_model_config
@@ -52,7 +52,8 @@ MAX_MEASURED = 12
 PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool",
                "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
                "cooldown_epochs", "period_steps", "epochs", "threads", "data", "synthetic_size", "augment", "hflip",
-               "workers", "on_bad_image", "seed", "data_root", "in_memory", "train_subset")
+               "workers", "on_bad_image", "seed", "data_root", "in_memory", "train_subset", "train_split",
+               "val_split", "image_column", "label_column", "decode")
 SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
 #: A rate is data-bound when more than this share of its step would be spent waiting for data.
 DATA_WAIT_LIMIT = 0.10
@@ -157,9 +158,12 @@ def data_advice(cfg: TrainConfig, speed: LoaderSpeed, needed_images_per_s: float
                       f"images/s, {needed_images_per_s:.0f} needed)")
     if cfg.augment == "randaug":
         advice.append("lighter augmentation (--augment light; randaug is the most expensive)")
-    if cfg.data not in ("synthetic", "mnist5k"):
+    kind = data_kind(cfg.data)
+    if kind not in ("synthetic", "mnist5k", "wds", "hf"):
         advice.append("cheaper decoding: images stored at one size, at the training size, and decoded once into "
                       "memory as uint8 (--in-memory on)")
+    if kind in ("folder", "wds", "hf") and cfg.decode == "cpu" and cfg.augment in ("none", "light"):
+        advice.append("JPEG decoding, crop and flip on the GPU (--decode gpu)")
     return advice
 
 
