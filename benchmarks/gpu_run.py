@@ -405,7 +405,7 @@ def check_bf16_vs_fp32(ctx: Context) -> dict:
 
 def check_fp16_resume(ctx: Context) -> dict:
     """``vitpss train --amp fp16 --clip-grad 1`` stopped with --max-steps and resumed = uninterrupted
-    (benchmarks/gpu_check.py's check, in this process)."""
+    (the check of the former benchmarks/gpu_check.py, in this process)."""
     from vitpss.cli import main as vitpss
 
     amp = "fp16" if ctx.cuda else "off"
