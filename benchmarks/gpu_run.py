@@ -113,10 +113,12 @@ class PartLog:
         self.data["finished"] = True
         self.write()
 
-    def check(self, name: str, fn: Callable[[], dict], *, min_seconds: float = 0.0, ctx: Optional[Context] = None) -> dict:
+    def check(self, name: str, fn: Callable[[], dict], *, min_seconds: float = 0.0,
+              ctx: Optional[Context] = None) -> dict:
         """Run one check; its result (or its error) is written at once. Skipped when too little time is left."""
         if ctx is not None and ctx.remaining() < min_seconds:
-            result: dict[str, Any] = {"skipped": f"part time limit ({ctx.remaining():.0f} s left, needs ~{min_seconds:.0f})"}
+            left = ctx.remaining()
+            result: dict[str, Any] = {"skipped": f"part time limit ({left:.0f} s left, needs ~{min_seconds:.0f})"}
         else:
             print(f"gpu_run: {self.data['part']}: {name} ...", flush=True)
             start = time.perf_counter()
@@ -452,9 +454,9 @@ def check_compile(ctx: Context) -> dict:
     from torch._dynamo.utils import counters
 
     backend = "inductor" if ctx.cuda else "eager"  # inductor on a CPU would take minutes
-    flags = dict(schedule="cyclic", low=0.8 if ctx.smoke else 0.6, quantum=0.2, data="synthetic", synthetic_size=96 if ctx.smoke else 1536,
-                 in_memory="auto", augment="none", amp="off", drop_path=0.0, log_every=8, train_subset=None,
-                 val_subset=None)
+    flags = dict(schedule="cyclic", low=0.8 if ctx.smoke else 0.6, quantum=0.2, data="synthetic",
+                 synthetic_size=96 if ctx.smoke else 1536, in_memory="auto", augment="none", amp="off", drop_path=0.0,
+                 log_every=8, train_subset=None, val_subset=None)
     runs = {}
     compile_fn = torch.compile
     for name in ("eager", "compiled"):
@@ -601,14 +603,18 @@ class StepBench:
         self.optimizer.zero_grad(set_to_none=True)
 
     def timed(self, rate: float, steps: int) -> tuple[float, float]:
-        """(seconds per step, host seconds per step to issue them) over ``steps`` back-to-back steps."""
+        """(seconds per step over ``steps`` back-to-back steps, host seconds to issue the first one).
+
+        The first step is issued into an empty queue, so its issue time is the host's own cost
+        (later steps would wait for the queue once the GPU falls behind)."""
         sync(self.device)
         start = time.perf_counter()
-        for _ in range(steps):
-            self.step(rate)
+        self.step(rate)
         issued = time.perf_counter() - start
+        for _ in range(steps - 1):
+            self.step(rate)
         sync(self.device)
-        return (time.perf_counter() - start) / steps, issued / steps
+        return (time.perf_counter() - start) / steps, issued
 
     def table(self, rates: tuple[float, ...], *, warmup: int, steps: int, samples: int) -> dict[float, dict]:
         """Median step and host-issue ms per rate; rates interleaved so drift hits all alike."""
@@ -807,9 +813,9 @@ def evidence_config(ctx: Context, name: str, epochs: int, seed: int, **overrides
 
     model = SMOKE_MODEL if ctx.smoke else EVIDENCE_MODEL
     # workers on a GPU machine: the batch crops run beside the main thread, which only launches the steps
-    return TrainConfig(**model, data=str(ctx.data), in_memory="on", workers=0 if ctx.smoke else 6, epochs=epochs, seed=seed,
-                       warmup_epochs=max(0.5, round(epochs / 20, 1)), device=ctx.device, quiet=True, overwrite=True,
-                       output=str(ctx.work / f"evidence_{name}_s{seed}"), log_every=100, **overrides)
+    return TrainConfig(**model, data=str(ctx.data), in_memory="on", workers=0 if ctx.smoke else 6, epochs=epochs,
+                       seed=seed, warmup_epochs=max(0.5, round(epochs / 20, 1)), device=ctx.device, quiet=True,
+                       overwrite=True, output=str(ctx.work / f"evidence_{name}_s{seed}"), log_every=100, **overrides)
 
 
 def evidence_run(ctx: Context, name: str, epochs: int, seed: int, **overrides: Any) -> dict:
@@ -830,7 +836,8 @@ def evidence_run(ctx: Context, name: str, epochs: int, seed: int, **overrides: A
                                   amp_dtype=trainer.amp_dtype)["acc1"] for r in (0.5, 0.25)}
     return {"schedule": cfg.schedule, "low": cfg.low, "sampler": cfg.sampler, "epochs": epochs, "seed": seed,
             "amp": trainer.cfg.amp, "final_acc1": epochs_log[-1]["acc1"] if epochs_log else None,
-            "train_time_s": summary.get("train_time_s"), "wall_time_s": epochs_log[-1]["wall_s"] if epochs_log else None,
+            "train_time_s": summary.get("train_time_s"),
+            "wall_time_s": epochs_log[-1]["wall_s"] if epochs_log else None,
             "data_wait_share": summary.get("data_wait_share"),
             "time_vs_all_patches_steps": summary.get("time_vs_all_patches"),
             "acc1_at_inference_keep_rate": inference, "per_epoch": epochs_log}
@@ -881,7 +888,7 @@ def part_evidence(ctx: Context, seconds: float) -> PartLog:
                                                           "ok": True})
             results.setdefault(seed, {})[name] = check
         pair = results[seed]
-        if all(pair[n].get("ok") for n in ("baseline", "default")):
+        if all(pair[n].get("ok") and pair[n].get("final_acc1") is not None for n in ("baseline", "default")):
             log.data["checks"][f"compare_s{seed}"] = compare(pair["baseline"], pair["default"])
             log.write()
     return log
@@ -978,7 +985,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="cifar10-jpg.tar.gz or a folder with train/ and val/ (default .gpu-data/cifar10-jpg.tar.gz)")
+                        help="cifar10-jpg.tar.gz or a folder with train/ and val/ "
+                             "(default .gpu-data/cifar10-jpg.tar.gz)")
     parser.add_argument("--smoke", action="store_true", help="every part on CPU at toy sizes (under a minute)")
     parser.add_argument("--parts", nargs="+", choices=list(LIMITS), default=list(LIMITS), help="run only these parts")
     parser.add_argument("--limits", nargs="+", default=[], metavar="PART=SECONDS", help="override a part's limit")

@@ -59,7 +59,8 @@ def test_smoke_runs_every_part_end_to_end_on_cpu_and_writes_each_json(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert all(row["met"] is None for row in summary["targets"])  # toy sizes: no target is judged
     assert "whole script <= 7 minutes" in done.stdout  # the table comes last
-    assert seconds < 60 or os.environ.get("CI"), f"smoke took {seconds:.0f} s"
+    # 21-39 s on the shared 2-core VM (load 5-7); the guard leaves room for load, not for a slower script
+    assert seconds < 90, f"smoke took {seconds:.0f} s"
 
 
 def test_timm_older_than_the_floor_stops_with_one_line(tmp_path, monkeypatch, capsys):
