@@ -166,3 +166,56 @@ def test_data_wait_warning_fires_once_past_its_share_and_not_on_smoke_runs(tmp_p
     train(validate(TrainConfig(**{**TINY, "epochs": 2}, output=str(tmp_path / "run"))))
     err = capsys.readouterr().err
     assert err.count("waited for data") == 1 and "--workers" in err
+
+
+class _MaskedL1(torch.nn.Module):
+    """Stands in for SimMIM in validation_loss: ``(loss, prediction)`` of images and a mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+
+    def random_mask(self, batch, device, generator):
+        return torch.rand(batch, 16, device=device, generator=generator) < 0.5
+
+    def forward(self, x, mask):
+        flat = x.flatten(1)
+        return (self.proj(flat) - flat).abs()[mask].mean(), None
+
+
+@pytest.mark.parametrize("task", ["classification", "simmim"])
+def test_evaluation_copies_between_host_and_device_a_fixed_number_of_times_not_per_batch(task, monkeypatch):
+    """Host/device copies (torch.tensor from host values, .item()/.tolist()...) do not grow with the batches."""
+    from vitpss.engine import evaluate
+    from vitpss.tasks import validation_loss
+
+    calls: list[str] = []
+
+    def counting(owner, name):
+        function = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+        return wrapper
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)) if task == "classification" \
+        else _MaskedL1()
+    batches = [(torch.randn(4, 1, 4, 4), torch.randint(0, 10, (4,))) for _ in range(6)]
+
+    def copies(loader) -> int:
+        calls.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "tensor", counting(torch, "tensor"))
+            patch.setattr(torch, "as_tensor", counting(torch, "as_tensor"))
+            for name in (*SYNCING, "new_tensor"):
+                patch.setattr(torch.Tensor, name, counting(torch.Tensor, name))
+            if task == "classification":
+                result = evaluate(model, loader, torch.device("cpu"))
+                assert result["images"] == 4 * len(loader)
+            else:
+                validation_loss(model, loader, torch.device("cpu"), seed=0)
+        return len(calls)
+
+    assert copies(batches[:2]) == copies(batches) <= 2
