@@ -22,7 +22,7 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, step: int, loss: float, detail: str = "") -> None:
         super().__init__(f"loss is {loss} at step {step}" + (f" {detail}" if detail else ""))
-        self.step, self.loss = step, loss
+        self.step, self.loss, self.detail = step, loss, detail
 
 
 def _distributed() -> bool:
