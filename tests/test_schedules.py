@@ -212,6 +212,11 @@ def test_our_cyclic_with_overshoot_matches_paper_shares():
     assert math.isclose(ours(0), 0.2) and math.isclose(ours(1251), 1.0)
 
 
+def test_a_schedule_rebuilds_from_its_dict():
+    schedule = vitpss.build_schedule("cosine", low=0.2, steps_per_epoch=4, epochs=3, cooldown_epochs=1, max_steps=10)
+    assert vitpss.build_schedule(**schedule.to_dict()) == schedule
+
+
 def test_max_steps_ends_a_schedule_inside_its_last_epoch_with_the_cooldown_at_its_end():
     from vitpss.schedules import KeepRateSchedule
 

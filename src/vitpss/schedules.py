@@ -219,14 +219,16 @@ def build_schedule(
     quantum: float = 0.2,
     cooldown_epochs: int = 0,
     period_steps: int | None = None,
+    max_steps: int | None = None,
 ) -> KeepRateSchedule:
     """Build a keep-rate schedule by name (``none``, ``fixed``, ``linear``, ``cosine``, ``cyclic``).
 
-    ``fixed`` runs at ``low`` throughout. Raises ``ValueError`` naming any invalid parameter.
+    ``fixed`` runs at ``low`` throughout; ``max_steps`` ends the run inside its last epoch (see
+    :class:`KeepRateSchedule`). Raises ``ValueError`` naming any invalid parameter.
     """
     return KeepRateSchedule(name=name, low=low, high=high, steps_per_epoch=steps_per_epoch,
                             epochs=epochs, quantum=quantum, cooldown_epochs=cooldown_epochs,
-                            period_steps=period_steps)
+                            period_steps=period_steps, max_steps=max_steps)
 
 
 def paper_schedule(
