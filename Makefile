@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned to the releases this machine (and CI) install from local disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-floors bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,12 @@ demo: venv
 test: venv
 	$(PY) -m pytest tests
 
+# The lowest timm, transformers, accelerate, open_clip and Lightning that pyproject.toml allows, put in
+# $(FLOORS) in front of the venv (whose torch they reuse), then the integration and patching tests on them.
+FLOORS := .floors
+test-floors: venv
+	$(PY) tools/install_floors.py $(FLOORS)
+	PYTHONPATH=$(FLOORS):src $(PY) -m pytest tests/test_integrations.py tests/test_patching*.py
+
 clean:
-	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache $(FLOORS)

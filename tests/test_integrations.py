@@ -48,6 +48,20 @@ def test_deferred_schedule_checks_its_parameters_at_once_and_sizes_itself_later(
         DeferredSchedule("linear").resolve(float("inf"), None)
 
 
+def test_deferred_schedule_is_sized_on_the_exact_steps_of_a_run_that_stops_inside_an_epoch():
+    linear = DeferredSchedule("linear", low=0.2, high=1.0, quantum=0)
+    linear.resolve(total_steps=1000, steps_per_epoch=300)  # Trainer(max_steps=1000), 300 steps an epoch
+    rates = linear.schedule.rates()
+    assert linear.schedule.total_steps == len(rates) == 1000
+    assert rates[0] == pytest.approx(0.2) and rates[-1] == pytest.approx(1.0)  # ends at high, not at 0.8
+
+    cooled = DeferredSchedule("linear", low=0.2, high=0.8, quantum=0, cooldown_epochs=1)
+    cooled.resolve(total_steps=1000, steps_per_epoch=300)
+    rates = cooled.schedule.rates()
+    assert (rates[700:] == 1.0).all() and rates[699] == pytest.approx(0.8)  # a cooldown of one epoch: 300 steps
+    assert cooled.schedule.sampled_steps == 700
+
+
 # --- Lightning ---------------------------------------------------------------------------------
 
 def _lightning_module(L):
@@ -69,9 +83,10 @@ def _lightning_module(L):
     return TinyClassifier()
 
 
-def _fit(L, module, callback, epochs, ckpt_path=None):
+def _fit(L, module, callback, epochs, ckpt_path=None, max_steps=-1):
     data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 5, (16,)))
-    trainer = L.Trainer(max_epochs=epochs, accumulate_grad_batches=2, callbacks=[callback], logger=False,
+    trainer = L.Trainer(max_epochs=epochs, max_steps=max_steps, accumulate_grad_batches=2, callbacks=[callback],
+                        logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", devices=1)
     trainer.fit(module, DataLoader(data, batch_size=2), ckpt_path=ckpt_path)
@@ -90,6 +105,16 @@ def test_lightning_callback_sets_the_rate_each_step_shared_by_accumulated_batche
     assert all(rate == schedule(step) for step, rate in module.seen)
     assert len({rate for _, rate in module.seen}) > 1
     assert trainer.callback_metrics["keep_rate"] == pytest.approx(schedule(7))
+
+
+def test_lightning_callback_sizes_a_max_steps_run_on_its_exact_steps():
+    L = pytest.importorskip("lightning.pytorch")
+    from vitpss.integrations.lightning import PatchSamplingSchedule
+
+    callback, module = PatchSamplingSchedule("linear", low=0.2, quantum=0), _lightning_module(L)
+    _fit(L, module, callback, epochs=-1, max_steps=6)  # 4 optimizer steps an epoch: stops inside epoch 2
+    assert callback.schedule.schedule.total_steps == 6
+    assert module.seen[-1] == (5, pytest.approx(1.0))  # the last step reaches high
 
 
 def test_lightning_callback_state_survives_checkpoint_and_resume(tmp_path):
@@ -121,11 +146,9 @@ class RandomImages(Dataset):
         return {"pixel_values": self.x[i], "labels": self.y[i]}
 
 
-def test_hf_trainer_callback_sets_the_rate_each_step_and_logs_it(tmp_path, monkeypatch):
+def _hf_trainer(tmp_path, monkeypatch, callbacks):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from vitpss.integrations.transformers import PatchSamplingCallback
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
     config = transformers.ViTConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2,
@@ -134,19 +157,94 @@ def test_hf_trainer_callback_sets_the_rate_each_step_and_logs_it(tmp_path, monke
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2,
                                           gradient_accumulation_steps=2, logging_steps=1, save_strategy="no",
                                           report_to=[], use_cpu=True, disable_tqdm=True)
+    return transformers.Trainer(model=model, args=args, train_dataset=RandomImages(16), callbacks=callbacks)
+
+
+def _fake_reporter():
+    """A reporting integration (W&B, TensorBoard, ...) as the Trainer runs it: before the user's callbacks."""
+    from transformers import TrainerCallback
+
+    class Reporter(TrainerCallback):
+        def __init__(self):
+            self.logged = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.logged.append(dict(logs))
+
+    return Reporter()
+
+
+def test_hf_trainer_callback_sets_the_rate_each_step_and_logs_it(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from vitpss.integrations.transformers import PatchSamplingCallback
+
     callback = PatchSamplingCallback("cyclic", low=0.2)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomImages(16), callbacks=[callback])
+    trainer = _hf_trainer(tmp_path, monkeypatch, [callback])
+    model = trainer.model
     seen = []
     sampler = patch_samplers(model)[0]
     sampler.register_forward_pre_hook(lambda m, args: seen.append((trainer.state.global_step, m.train_keep_rate)))
     trainer.train()
 
     schedule = callback.schedule.schedule
-    assert (schedule.steps_per_epoch, schedule.total_steps) == (4, 8)  # 8 batches / 2 accumulated; 6 of 8 steps run
+    assert (schedule.steps_per_epoch, schedule.total_steps) == (4, 6)  # 8 batches / 2 accumulated; max_steps=6
     assert [step for step, _ in seen] == [s for s in range(6) for _ in range(2)]
     assert all(rate == schedule(step) for step, rate in seen) and len({r for _, r in seen}) > 1
     logged = [entry["keep_rate"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == [schedule(step) for step in range(6)]
+
+
+def test_hf_reporting_integrations_see_keep_rate_once_the_callback_is_put_first(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from vitpss.integrations.transformers import PatchSamplingCallback, put_first
+
+    reporter, callback = _fake_reporter(), PatchSamplingCallback("linear", low=0.2)
+    trainer = _hf_trainer(tmp_path, monkeypatch, [reporter, callback])  # report_to's callbacks come first
+    assert put_first(trainer, callback) is callback
+    assert trainer.callback_handler.callbacks[0] is callback
+    assert sum(c is callback for c in trainer.callback_handler.callbacks) == 1
+    trainer.train()
+    assert [entry["keep_rate"] for entry in reporter.logged] == [callback.schedule(step) for step in range(6)]
+
+
+def test_hf_callback_warns_when_reporting_integrations_run_before_it(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from vitpss.integrations.transformers import PatchSamplingCallback
+
+    reporter, callback = _fake_reporter(), PatchSamplingCallback("linear", low=0.2)
+    trainer = _hf_trainer(tmp_path, monkeypatch, [reporter, callback])
+    monkeypatch.setattr(trainer.args, "report_to", ["tensorboard"])  # what report_to resolves to
+    with pytest.warns(UserWarning, match=r"after tensorboard recorded them: call .*put_first\(trainer, callback\)"):
+        trainer.train()
+    assert all("keep_rate" not in entry for entry in reporter.logged)  # the ordering put_first fixes
+
+
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_callbacks_find_the_samplers_once_per_fit_not_every_step(framework, tmp_path, monkeypatch):
+    import vitpss.patching.core as core
+
+    calls = []
+    found = core.patch_samplers
+
+    def counting(model):
+        calls.append(type(model).__name__)
+        return found(model)
+
+    monkeypatch.setattr(core, "patch_samplers", counting)
+    if framework == "lightning":
+        L = pytest.importorskip("lightning.pytorch")
+        import vitpss.integrations.lightning as integration
+
+        monkeypatch.setattr(integration, "patch_samplers", counting)
+        _fit(L, _lightning_module(L), integration.PatchSamplingSchedule("cyclic", low=0.2), epochs=2)
+    else:
+        pytest.importorskip("transformers")
+        import vitpss.integrations.transformers as integration
+
+        monkeypatch.setattr(integration, "patch_samplers", counting)
+        _hf_trainer(tmp_path, monkeypatch, [integration.PatchSamplingCallback("cyclic", low=0.2)]).train()
+    assert len(calls) == 1, calls
 
 
 def test_docs_list_every_supported_family_by_its_registered_name():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import traceback
 
 import pytest
@@ -166,3 +167,113 @@ def test_data_wait_warning_fires_once_past_its_share_and_not_on_smoke_runs(tmp_p
     train(validate(TrainConfig(**{**TINY, "epochs": 2}, output=str(tmp_path / "run"))))
     err = capsys.readouterr().err
     assert err.count("waited for data") == 1 and "--workers" in err
+
+
+class _MaskedL1(torch.nn.Module):
+    """Stands in for SimMIM in validation_loss: ``(loss, prediction)`` of images and a mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+
+    def random_mask(self, batch, device, generator):
+        return torch.rand(batch, 16, device=device, generator=generator) < 0.5
+
+    def forward(self, x, mask):
+        flat = x.flatten(1)
+        return (self.proj(flat) - flat).abs()[mask].mean(), None
+
+
+@pytest.mark.parametrize("task", ["classification", "simmim"])
+def test_evaluation_copies_between_host_and_device_a_fixed_number_of_times_not_per_batch(task, monkeypatch):
+    """Host/device copies (torch.tensor from host values, .item()/.tolist()...) do not grow with the batches."""
+    from vitpss.engine import evaluate
+    from vitpss.tasks import validation_loss
+
+    calls: list[str] = []
+
+    def counting(owner, name):
+        function = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+        return wrapper
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)) if task == "classification" \
+        else _MaskedL1()
+    batches = [(torch.randn(4, 1, 4, 4), torch.randint(0, 10, (4,))) for _ in range(6)]
+
+    def copies(loader) -> int:
+        calls.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "tensor", counting(torch, "tensor"))
+            patch.setattr(torch, "as_tensor", counting(torch, "as_tensor"))
+            for name in (*SYNCING, "new_tensor"):
+                patch.setattr(torch.Tensor, name, counting(torch.Tensor, name))
+            if task == "classification":
+                result = evaluate(model, loader, torch.device("cpu"))
+                assert result["images"] == 4 * len(loader)
+            else:
+                validation_loss(model, loader, torch.device("cpu"), seed=0)
+        return len(calls)
+
+    assert copies(batches[:2]) == copies(batches) <= 2
+
+
+def _poison_losses(monkeypatch, bad) -> None:
+    """The classification loss becomes NaN at the (0-based) training steps where ``bad(step)`` holds."""
+    from vitpss.tasks import ClassificationTask
+
+    loss = ClassificationTask.loss
+    monkeypatch.setattr(ClassificationTask, "steps_seen", 0, raising=False)
+
+    def poisoned(self, net, x, y):
+        value = loss(self, net, x, y)
+        self.steps_seen += 1
+        return value * float("nan") if bad(self.steps_seen - 1) else value
+
+    monkeypatch.setattr(ClassificationTask, "loss", poisoned)
+
+
+@pytest.fixture
+def fp16_scaler(monkeypatch):
+    """The --amp fp16 path on CPU: no autocast, but a real GradScaler that skips NaN/inf steps and halves its scale."""
+    import vitpss.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "amp_settings", lambda amp, device: (None, torch.amp.GradScaler("cpu")))
+
+
+@pytest.mark.parametrize("floor, expected", [
+    (None, r"loss is nan at step 12 and at every step up to 17 under --amp fp16 \(the scaler skipped them"),
+    (2.0 ** 13, r"loss is nan at step 15 and the --amp fp16 loss scale fell to 4\.1e\+03 \(below 8192\)"),
+])
+def test_fp16_stops_a_run_whose_steps_the_scaler_keeps_skipping_and_keeps_the_last_good_checkpoint(
+        floor, expected, fp16_scaler, tmp_path, monkeypatch, capsys):
+    import vitpss.trainer as trainer_module
+    from vitpss.cli import main
+
+    if floor is not None:  # the scale floor alone: 2**16 halved at steps 12-15 is 2**12 at the log point of step 16
+        monkeypatch.setattr(trainer_module, "MIN_LOSS_SCALE", floor)
+        monkeypatch.setattr(trainer_module, "NONFINITE_LOG_POINTS", 100)
+    _poison_losses(monkeypatch, lambda step: step >= 12)
+    out = tmp_path / "run"
+    args = ["train", "--output", str(out), "--data", "synthetic", "--synthetic-size", "160", "--in-chans", "1",
+            "--img-size", "16", "--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+            "--batch-size", "8", "--epochs", "2", "--workers", "0", "--threads", "1", "--quiet",
+            "--warmup-epochs", "0", "--log-every", "2", "--save-every-steps", "10"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.search(expected, err) and "\n" not in err, err
+    assert f"training stopped, the last good checkpoint is {out / 'checkpoint.pt'}" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10
+
+
+def test_fp16_rides_out_a_short_run_of_skipped_steps(fp16_scaler, tmp_path, monkeypatch):
+    _poison_losses(monkeypatch, lambda step: 12 <= step < 16)  # two NaN log points, then finite again
+    cfg = validate(TrainConfig(**TINY, output=str(tmp_path / "run"), log_every=2))
+    assert train(cfg) is not None
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(records) == 20 and sum(r["loss"] != r["loss"] for r in records) == 4
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 20

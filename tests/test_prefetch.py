@@ -113,3 +113,21 @@ def test_synthetic_and_cached_float_data_are_only_moved(tmp_path):
     x, y = next(iter(loader))
     assert x.dtype == torch.float32 and len(loader) == 4
     assert build_loader(train, cfg, True).__class__.__name__ == "DataLoader"  # no device: the plain loader
+
+
+def test_a_prefetcher_survives_pickle_and_copy_with_its_loader_attributes():
+    import copy
+    import pickle
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.zeros(6, 3, 4, 4, dtype=torch.uint8), torch.arange(6),
+                                      torch.arange(6)), batch_size=3)
+    prefetcher = DevicePrefetcher(loader, torch.device("cpu"), mean=(0.5,) * 3, std=(0.25,) * 3,
+                                  erase_probability=0.5)
+    for clone in (pickle.loads(pickle.dumps(prefetcher)), copy.copy(prefetcher), copy.deepcopy(prefetcher)):
+        assert clone.batch_size == 3 and len(clone) == 2
+        for (x, y), (x0, y0) in zip(clone, prefetcher):
+            assert torch.equal(x, x0) and torch.equal(y, y0)
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        prefetcher.no_such_attribute

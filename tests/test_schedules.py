@@ -210,3 +210,19 @@ def test_our_cyclic_with_overshoot_matches_paper_shares():
     paper = vitpss.paper_schedule("cyclic", steps_per_epoch=2502, epochs=10)
     assert ours.mean_keep_rate() == pytest.approx(paper.mean_keep_rate(), abs=0.002)
     assert math.isclose(ours(0), 0.2) and math.isclose(ours(1251), 1.0)
+
+
+def test_a_schedule_rebuilds_from_its_dict():
+    schedule = vitpss.build_schedule("cosine", low=0.2, steps_per_epoch=4, epochs=3, cooldown_epochs=1, max_steps=10)
+    assert vitpss.build_schedule(**schedule.to_dict()) == schedule
+
+
+def test_max_steps_ends_a_schedule_inside_its_last_epoch_with_the_cooldown_at_its_end():
+    from vitpss.schedules import KeepRateSchedule
+
+    schedule = vitpss.build_schedule("linear", low=0.2, steps_per_epoch=4, epochs=3, quantum=0, cooldown_epochs=1)
+    cut = KeepRateSchedule(**{**schedule.to_dict(), "max_steps": 10})
+    assert cut.total_steps == len(cut.rates()) == 10 and cut.sampled_steps == 6
+    assert list(cut.rates()[6:]) == [1.0] * 4 and cut(5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_steps=13 is out of range"):
+        KeepRateSchedule("linear", steps_per_epoch=4, epochs=3, max_steps=13)

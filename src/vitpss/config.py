@@ -95,7 +95,7 @@ class TrainConfig:
     cutmix: float = _opt(0.0, "CutMix alpha (0 = off)")
     ema_decay: float = _opt(0.0, "model EMA decay, e.g. 0.999 (0 = off)")
     clip_grad: float = _opt(0.0, "gradient norm clipping (0 = off)")
-    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA where supported, else fp16; off on CPU), off, bf16, "
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA from compute capability 8.0, else fp16; off on CPU), off, bf16, "
                             "fp16 (--amp alone = auto; saved resolved, so a resume keeps the precision)", const="auto")
     accum_steps: int = _opt(1, "gradient accumulation: micro-batches of --batch-size per optimiser step (the "
                                "schedule and the LR advance per optimiser step)")

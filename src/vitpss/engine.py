@@ -22,7 +22,7 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, step: int, loss: float, detail: str = "") -> None:
         super().__init__(f"loss is {loss} at step {step}" + (f" {detail}" if detail else ""))
-        self.step, self.loss = step, loss
+        self.step, self.loss, self.detail = step, loss, detail
 
 
 def _distributed() -> bool:
@@ -72,7 +72,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, keep_rate: Optional
     core = unwrap_model(model)
     was_training = core.training
     core.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, images
+    # Sums stay on the device and the image count on the host: no batch waits for a copy either way.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct1, correct5, loss sum
+    images = 0
     context = keep_rate_context(core, keep_rate) if keep_rate is not None else contextlib.nullcontext()
     with context:
         for x, y in loader:
@@ -82,10 +84,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, keep_rate: Optional
             logits = logits.float()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top.eq(y[:, None])
-            totals += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
-                                   nn.functional.cross_entropy(logits, y, reduction="sum"),
-                                   torch.tensor(float(y.numel()), device=device)]).to(totals)
+            sums += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                                 nn.functional.cross_entropy(logits, y, reduction="sum")]).to(sums)
+            images += y.shape[0]
     core.train(was_training)
+    totals = torch.cat([sums, sums.new_tensor([images])])
     correct1, correct5, loss_sum, count = all_reduce_sum(totals).tolist()
     count = max(count, 1.0)
     return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count,

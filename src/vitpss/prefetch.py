@@ -95,7 +95,11 @@ class DevicePrefetcher:
         return len(self.loader)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["loader"], name)
+        try:
+            loader = self.__dict__["loader"]
+        except KeyError:  # pickle and copy look up __setstate__ etc. before __dict__ is filled
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
+        return getattr(loader, name)
 
     def prepare(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch on the device: copied, converted to float, normalised, erased."""

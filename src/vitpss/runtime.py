@@ -53,6 +53,9 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), resolve_device(device_name)
+    if device_name.startswith("cuda:"):  # every rank would use that one GPU
+        raise UsageError(f"--device {device_name} under torchrun (WORLD_SIZE={world}) would put every process on "
+                         f"one device: use --device cuda (each process takes the GPU of its LOCAL_RANK)")
     d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name, d.local_rank)
     if device.type == "cuda":
@@ -62,8 +65,12 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return d, device
 
 
+#: CUDA compute capability from which ``--amp auto`` picks bf16 (native bf16 tensor cores: A100, RTX 30xx on).
+BF16_CAPABILITY = (8, 0)
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """``--amp auto`` made concrete for ``device``: bf16 on CUDA where supported, else fp16; off on CPU.
+    """``--amp auto`` made concrete for ``device``: bf16 on CUDA from compute capability 8.0, else fp16; off on CPU.
 
     Runs save the resolved value, so resuming on other hardware cannot switch the precision.
     """
@@ -71,7 +78,9 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         return amp
     if device.type != "cuda":
         return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # Compute capability 8.0 (Ampere) has bf16 tensor cores; torch.cuda.is_bf16_supported() also
+    # counts the emulated bf16 of older GPUs (V100, T4), and asks the current device, not the run's.
+    return "bf16" if torch.cuda.get_device_capability(device) >= BF16_CAPABILITY else "fp16"
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:

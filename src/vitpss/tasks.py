@@ -147,14 +147,16 @@ def validation_loss(model: SimMIM, loader, device: torch.device, seed: int,
     was_training = model.training
     model.eval()
     generator = torch.Generator(device).manual_seed(seed)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    images = 0  # on the host: a per-batch count on the device would be a blocking copy each batch
     for x, _ in loader:
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, _ = model(x, model.random_mask(x.shape[0], device, generator))
-        totals += torch.stack([loss.double() * x.shape[0], torch.tensor(float(x.shape[0]), device=device).double()])
+        loss_sum += loss.double() * x.shape[0]
+        images += x.shape[0]
     model.train(was_training)
-    loss_sum, count = all_reduce_sum(totals).tolist()
+    loss_sum, count = all_reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(images)])).tolist()
     return loss_sum / max(count, 1.0)
 
 

@@ -60,6 +60,11 @@ __all__ = ["RunState", "Trainer", "resume_config", "train"]
 #: Share of training time spent waiting for data above which a run warns (once).
 DATA_WAIT_MIN_SECONDS = 30.0  # training time before the data-wait share is judged
 DATA_WAIT_WARNING = 0.10
+#: --amp fp16: the GradScaler skips steps with inf/NaN gradients, so a diverged run would go on with
+#: frozen weights. It stops after this many log points in a row with only NaN/inf losses, or when the
+#: loss scale falls below MIN_LOSS_SCALE (fairseq's --min-loss-scale default): every step overflowed.
+NONFINITE_LOG_POINTS = 3
+MIN_LOSS_SCALE = 1e-4
 
 
 def resume_config(resume: str, overrides: dict[str, Any], *, checkpoint_format: str = CHECKPOINT_FORMAT,
@@ -218,6 +223,8 @@ class Trainer:
         self.tokens: dict[float, int] = {}
         self.warned_data_wait = False
         self.bar: Optional[tqdm] = None
+        self.nonfinite_points = 0  # fp16: log points in a row whose losses were all NaN/inf
+        self.nonfinite_since: Optional[tuple[int, float]] = None  # (step, loss) that began them
 
     # ---- one epoch of steps
 
@@ -376,8 +383,8 @@ class Trainer:
     def write_log(self) -> None:
         """A log point: one transfer for the pending steps, their records, the NaN/inf check.
 
-        Raises NonFiniteLossError naming the first step with a NaN/inf loss (not under fp16, where
-        the scaler skips such steps); the records before it are written.
+        Raises NonFiniteLossError naming the first step with a NaN/inf loss (the records before it
+        are written); under fp16, where the scaler skips such steps, see :meth:`check_fp16`.
         """
         pending, self.pending = self.pending, []
         if not pending:
@@ -401,6 +408,29 @@ class Trainer:
             st.images += p.images
             self.epoch_losses.append(loss)
         self.write_records(records)
+        if self.scaler is not None:
+            self.check_fp16(pending, values)
+
+    def check_fp16(self, pending: list[PendingStep], losses: list[float]) -> None:
+        """Stop an fp16 run whose steps the scaler keeps skipping (one scalar read per log point).
+
+        Raises NonFiniteLossError after NONFINITE_LOG_POINTS log points in a row with only NaN/inf
+        losses, or when the loss scale falls below MIN_LOSS_SCALE. The decision is the same on every
+        rank: losses are summed over ranks and the scale follows gradients that DDP all-reduced.
+        """
+        if any(math.isfinite(loss) for loss in losses):
+            self.nonfinite_points, self.nonfinite_since = 0, None
+        else:
+            self.nonfinite_points += 1
+            self.nonfinite_since = self.nonfinite_since or (pending[0].step, losses[0])
+        if self.nonfinite_points >= NONFINITE_LOG_POINTS:
+            step, loss = self.nonfinite_since
+            raise NonFiniteLossError(step, loss, f"and at every step up to {pending[-1].step} under --amp fp16 (the "
+                                     f"scaler skipped them: the weights stopped changing)")
+        scale = self.scaler.get_scale()
+        if scale < MIN_LOSS_SCALE:
+            raise NonFiniteLossError(pending[-1].step, losses[-1], f"and the --amp fp16 loss scale fell to {scale:.1e} "
+                                     f"(below {MIN_LOSS_SCALE:g}): the gradients overflow at every step")
 
     def write_records(self, records: list[dict[str, Any]]) -> None:
         if self.train_log is not None and records:
@@ -469,9 +499,13 @@ class Trainer:
     def save(self, name: str = "checkpoint.pt") -> Optional[Path]:
         """Write the full state (every rank takes part: RNG states are gathered to rank 0).
 
-        The pending steps are logged first, so no checkpoint holds weights updated by a NaN/inf loss.
+        The pending steps are logged first, so no checkpoint holds weights updated by a NaN/inf loss;
+        under fp16 nothing is written while the last log point's losses were all NaN/inf (the
+        last good checkpoint stays). Returns the path written (rank 0), else None.
         """
         self.write_log()
+        if self.nonfinite_points:  # the same on every rank (losses are summed over ranks)
+            return None
         self.update_clocks()
         states = [rng_state(self.generator)]
         if self.d.world_size > 1:
@@ -533,8 +567,8 @@ class Trainer:
             except NonFiniteLossError as err:
                 last = self.out / "checkpoint.pt"
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                raise NonFiniteLossError(err.step, err.loss, f"(epoch {epoch + 1}): training stopped, {kept}; "
-                                         f"try a lower --lr or --clip-grad 1") from None
+                raise NonFiniteLossError(err.step, err.loss, f"{err.detail} (epoch {epoch + 1}): training stopped, "
+                                         f"{kept}; try a lower --lr or --clip-grad 1".lstrip()) from None
             finally:
                 if self.bar is not None:
                     self.bar.close()

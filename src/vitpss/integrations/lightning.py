@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from ..patching import patch_samplers, set_keep_rate
+from ..patching import check_keep_rate, patch_samplers
 from . import DeferredSchedule, ScheduleLike, import_extra
 
 try:
@@ -44,9 +44,11 @@ class PatchSamplingSchedule(_pl.Callback):
                                          cooldown_epochs=cooldown_epochs, period_steps=period_steps,
                                          total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self.log_keep_rate = log
+        self.samplers: list = []
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if not patch_samplers(pl_module):
+        self.samplers = patch_samplers(pl_module)  # found once: no walk over the modules every step
+        if not self.samplers:
             raise TypeError(f"{type(pl_module).__name__} has no patch sampler: call vitpss.attach on its model first")
         total = trainer.estimated_stepping_batches  # also sets up the train dataloader
         batches = trainer.num_training_batches
@@ -54,8 +56,9 @@ class PatchSamplingSchedule(_pl.Callback):
         self.schedule.resolve(total, per_epoch)  # no-op after a resume: the checkpoint's schedule holds
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        rate = self.schedule(trainer.global_step)
-        set_keep_rate(pl_module, rate)
+        rate = check_keep_rate(self.schedule(trainer.global_step))
+        for sampler in self.samplers:
+            sampler.train_keep_rate = rate
         if self.log_keep_rate:
             pl_module.log("keep_rate", rate, on_step=True, on_epoch=False, batch_size=1)
 
