@@ -364,19 +364,24 @@ class Trainer:
         """The ``--budget`` choice, and the measured training time over that of E all-patch epochs.
 
         The all-patch step is this run's median step (with its data wait) at keep rate 1 when at least
-        5 steps ran at it, else the calibration's (``measured_from`` says which).
+        5 steps ran at it, else the calibration's (``measured_from`` says which). ``measured_cpu_fraction``
+        is the same ratio in process CPU time (robust to other load on a shared machine; run only).
         """
         choice = self.state.budget or {}
-        full = [r["step_time"] + r["data_time"] for r in records if r["keep_rate"] == 1.0]
+        reference_steps = (self.cfg.budget_epochs or self.cfg.epochs) * self.steps_per_epoch
+        full = [r for r in records if r["keep_rate"] == 1.0]
+        cpu = None
         if len(full) >= 5:
-            full_step, source = statistics.median(full), "run"
+            full_step, source = statistics.median(r["step_time"] + r["data_time"] for r in full), "run"
+            if all("cpu_time" in r for r in records):
+                cpu = sum(r["cpu_time"] for r in records) / (
+                    reference_steps * statistics.median(r["cpu_time"] for r in full))
         elif "step_time_s" in choice:
             full_step, source = choice["step_time_s"]["1"], "calibration"
         else:
-            return {**choice, "measured_fraction": None, "measured_from": None}
-        reference = (self.cfg.budget_epochs or self.cfg.epochs) * self.steps_per_epoch * full_step
-        measured = sum(r["step_time"] + r["data_time"] for r in records) / reference
-        return {**(self.state.budget or {}), "measured_fraction": measured, "measured_from": source}
+            return {**choice, "measured_fraction": None, "measured_from": None, "measured_cpu_fraction": None}
+        measured = sum(r["step_time"] + r["data_time"] for r in records) / (reference_steps * full_step)
+        return {**choice, "measured_fraction": measured, "measured_from": source, "measured_cpu_fraction": cpu}
 
     # ---- logs
 
