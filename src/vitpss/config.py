@@ -140,8 +140,17 @@ def field_types() -> dict[str, tuple[type, bool]]:
 
 
 def nearest(name: str, valid: typing.Iterable[str]) -> str:
-    """A ' (did you mean X?)' hint for the closest valid name, or ''."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    """A ' (did you mean X?)' hint for the closest valid name, or ''.
+
+    Close spellings first (``epoch`` -> ``epochs``); else the longest valid name that is a whole
+    ``_``/``-`` part at either end of ``name`` (``keep_rate_low`` -> ``low``).
+    """
+    valid = list(valid)
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not match:
+        norm = name.replace("-", "_")
+        match = sorted((v for v in valid if len(v) > 1 and (norm.endswith("_" + v.replace("-", "_"))
+                        or norm.startswith(v.replace("-", "_") + "_"))), key=len, reverse=True)[:1]
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -162,11 +171,13 @@ def _coerce(name: str, value: Any, kind: type, optional: bool, source: str) -> A
 def from_dict(values: Mapping[str, Any], *, base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
     """``base`` (default: the defaults) updated with ``values``; unknown keys and wrong types -> UsageError."""
     types = field_types()
+    unknown = [f"{key!r}{nearest(str(key).replace('-', '_'), types)}" for key in values
+               if str(key).replace("-", "_") not in types]
+    if unknown:  # all of them at once: a file with three typos should not take three runs
+        raise UsageError(f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     updates = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in types:
-            raise UsageError(f"{source}: unknown setting {key!r}{nearest(name, types)}")
         kind, optional = types[name]
         updates[name] = _coerce(name, value, kind, optional, source)
     return dataclasses.replace(base or TrainConfig(), **updates)
