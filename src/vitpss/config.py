@@ -21,18 +21,24 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import UsageError
-from .samplers import SAMPLERS
 from .schedules import SCHEDULES, KeepRateSchedule, build_schedule
 
 #: The default model: a small ViT registered with timm by :mod:`vitpss.train` (28 px, patch 7,
 #: 1 channel, width 64, depth 4, 4 heads, average pooling), sized for the embedded MNIST subset.
 DEFAULT_MODEL = "vitpss_tiny_mnist"
+#: ``--model auto`` (the default): DEFAULT_MODEL for mnist5k and synthetic data, else a small ViT sized for the
+#: data (:func:`vitpss.models.resolve_auto_model`).
+AUTO_MODEL = "auto"
 AMP_CHOICES = ("off", "auto", "bf16", "fp16")
 AUGMENT_CHOICES = ("none", "light", "pad-crop", "randaug")
 IN_MEMORY_CHOICES = ("auto", "on", "off")
 BAD_IMAGE_CHOICES = ("skip", "error")
 GLOBAL_POOL_CHOICES = ("token", "avg", "max", "avgmax", "map", "")
 DEVICE_HINT = "auto, cpu, cuda or cuda:N"
+#: The names of :data:`vitpss.samplers.SAMPLERS` (here without importing torch; a test keeps them equal).
+SAMPLER_NAMES = ("random", "magnitude", "gumbel-magnitude")
+#: Model fields that override the timm model's own default where given.
+MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -44,7 +50,10 @@ class TrainConfig:
     """All settings of one training run (see ``vitpss train --help`` for each field)."""
 
     # Model (timm.create_model name and overrides; None = the model's default).
-    model: str = _opt(DEFAULT_MODEL, "timm ViT/DeiT model name")
+    model: str = _opt(AUTO_MODEL, "timm model name (ViT, DeiT, BEiT, EVA, ...; see docs/cli.md), or auto: "
+                                  f"{DEFAULT_MODEL} for mnist5k and synthetic data, else a small ViT sized for the data "
+                                  "(width 192, depth 6, the images' side and channels, a patch size giving about "
+                                  "64 tokens)")
     img_size: int | None = _opt(None, "input image size (pixels)")
     patch_size: int | None = _opt(None, "patch size (pixels)")
     embed_dim: int | None = _opt(None, "token width")
@@ -84,7 +93,7 @@ class TrainConfig:
     ema_decay: float = _opt(0.0, "model EMA decay, e.g. 0.999 (0 = off)")
     clip_grad: float = _opt(0.0, "gradient norm clipping (0 = off)")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA where supported, else fp16; off on CPU), off, bf16, "
-                            "fp16 (--amp alone = auto; saved resolved, so a resume keeps the precision)", const="auto")
+                            "fp16 (--amp alone = auto)", const="auto")
     accum_steps: int = _opt(1, "gradient accumulation: micro-batches of --batch-size per optimiser step (the "
                                "schedule and the LR advance per optimiser step)")
     # Patch sampling schedule.
@@ -95,7 +104,7 @@ class TrainConfig:
     quantum: float = _opt(0.2, "round keep rates to multiples of this (0 = no rounding)")
     cooldown_epochs: int = _opt(0, "last epochs trained with all patches")
     period_steps: int | None = _opt(None, "cyclic period in steps (default: one epoch)")
-    sampler: str = _opt("random", "patch sampler: " + ", ".join(SAMPLERS))
+    sampler: str = _opt("random", "patch sampler where a keep rate < 1 is used: " + ", ".join(SAMPLER_NAMES))
     # Run.
     seed: int = _opt(0, "random seed")
     output: str | None = _opt(None, "run directory (default runs/train-<date>-<time>)")
@@ -254,7 +263,7 @@ _CHOICES: dict[str, typing.Sequence[str]] = {
     "in_memory": IN_MEMORY_CHOICES,
     "global_pool": GLOBAL_POOL_CHOICES,
     "schedule": SCHEDULES,
-    "sampler": tuple(SAMPLERS),
+    "sampler": SAMPLER_NAMES,
     "on_bad_image": BAD_IMAGE_CHOICES,
 }
 
@@ -263,21 +272,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_setting(name: str, value: Any) -> None:
+    """UsageError when setting ``name`` is out of its range or not one of its choices (None passes)."""
+    if value is None:
+        return
+    if name in _RANGES and not _RANGES[name][0](value):
+        raise UsageError(f"{_flag(name)}={value!r} is out of range: it must be {_RANGES[name][1]}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        shown = ", ".join(repr(c) if c == "" else c for c in _CHOICES[name])
+        raise UsageError(f"unknown {name} {value!r}{nearest(value, _CHOICES[name])}: choose one of {shown}")
+    if name == "device" and not (value == "auto" or value == "cpu" or value.startswith("cuda")):
+        raise UsageError(f"--device={value!r} is not a device: use {DEVICE_HINT}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check types, ranges, names and the schedule's numbers; return ``cfg`` or raise UsageError."""
     for name, (kind, optional) in field_types().items():
         _coerce(name, getattr(cfg, name), kind, optional, _flag(name))
-    for name, (ok, allowed) in _RANGES.items():
-        value = getattr(cfg, name)
-        if value is not None and not ok(value):
-            raise UsageError(f"{_flag(name)}={value!r} is out of range: it must be {allowed}")
-    for name, choices in _CHOICES.items():
-        value = getattr(cfg, name)
-        if value is not None and value not in choices:
-            shown = ", ".join(repr(c) if c == "" else c for c in choices)
-            raise UsageError(f"unknown {name} {value!r}{nearest(value, choices)}: choose one of {shown}")
-    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise UsageError(f"--device={cfg.device!r} is not a device: use {DEVICE_HINT}")
+    for name in field_names():
+        check_setting(name, getattr(cfg, name))
     if cfg.min_lr > cfg.lr:
         raise UsageError(f"--min-lr={cfg.min_lr} exceeds --lr={cfg.lr}: the decay must end below the peak")
     if cfg.warmup_epochs > cfg.epochs:

@@ -66,6 +66,22 @@ IN_MEMORY_LIMIT_BYTES = 4 << 30
 RANDAUG_ERASE_PROBABILITY = 0.25  # DeiT's random erasing, part of --augment randaug
 
 
+def data_image_shape(data: str) -> tuple[int, int] | None:
+    """``(channels, side)`` of the data's own images: a source's defaults, or for an ImageFolder its
+    first training image (1 channel for single-band modes, else 3; the shorter side); None for
+    ``synthetic`` (made at the model's size) and a folder without a readable image."""
+    kind = data_kind(data)
+    if kind != "folder":
+        return None if kind == "synthetic" else DATA_DEFAULTS[kind]
+    train = Path(data) / "train"
+    for class_dir in sorted(train.iterdir()) if train.is_dir() else []:
+        for path in sorted(class_dir.iterdir()) if class_dir.is_dir() else []:
+            if path.name.lower().endswith(IMG_EXTENSIONS):
+                with contextlib.suppress(Exception), Image.open(path) as img:
+                    return (1 if len(img.getbands()) == 1 and img.mode != "P" else 3), min(img.size)
+    return None
+
+
 def data_kind(data: str) -> str:
     """``mnist5k``, ``synthetic``, ``cifar10`` or ``folder`` (an ImageFolder path)."""
     return data if data in ("mnist5k", "synthetic", "cifar10") else "folder"
@@ -667,13 +683,19 @@ def _folder_in_memory(cfg: TrainConfig, samples: Sequence[tuple[str, int]], in_c
     return cfg.in_memory == "on" or len(samples) * width * height * in_chans <= IN_MEMORY_LIMIT_BYTES
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
+def build_datasets(cfg: TrainConfig, *, with_train: bool = True) -> tuple[Dataset | None, Dataset, int, int, int]:
     """``(train_ds, val_ds, num_classes, in_chans, img_size)`` for ``cfg.data``.
 
     Images are prepared for ``cfg.in_chans`` channels and ``cfg.img_size`` pixels, or, where those
     are ``None``, for the data's own defaults (:data:`DATA_DEFAULTS`), which are returned. Datasets
-    yield ``(image tensor, label)``. Bad data raises UsageError.
+    yield ``(image tensor, label)``. Bad data raises UsageError. ``with_train=False`` (evaluation
+    only) returns ``None`` for ``train_ds`` and decodes no training image.
     """
+    train_ds, *rest = _build_datasets(cfg, with_train)
+    return (train_ds if with_train else None, *rest)
+
+
+def _build_datasets(cfg: TrainConfig, with_train: bool) -> tuple[Dataset, Dataset, int, int, int]:
     kind = data_kind(cfg.data)
     default_chans, default_size = DATA_DEFAULTS[kind]
     in_chans = cfg.in_chans or default_chans
@@ -716,8 +738,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
         val_src = FolderImages(val_samples, in_chans, cfg.on_bad_image)
         if _folder_in_memory(cfg, train_samples + val_samples, in_chans):
             progress = not cfg.quiet
-            memory = ((decode_folder(train_src, "decoding train/", progress), np.asarray([y for _, y in train_samples])),
-                      (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_samples])))
+            train_memory = ((decode_folder(train_src, "decoding train/", progress),
+                             np.asarray([y for _, y in train_samples])) if with_train else None)
+            val_memory = (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_samples]))
+            memory = (train_memory or val_memory, val_memory)  # without train/: val/ stands in, then is dropped
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")

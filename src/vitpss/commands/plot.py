@@ -69,7 +69,7 @@ def _schedule_command(p: argparse.ArgumentParser) -> Draw:
     p.add_argument("--end-drop", type=float, default=-0.1, help="paper schedules: last drop ratio")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--steps-per-epoch", type=int, default=2502, help="default: ImageNet at batch 512")
-    p.add_argument("--epoch", type=int, default=0, help="the epoch shown in the right panel")
+    p.add_argument("--epoch", type=int, default=1, help="the epoch shown in the right panel, counted from 1 (default: 1)")
     p.add_argument("--model", default=None,
                    help="timm model name: adds each schedule's training compute fraction (FLOPs) to the legend")
 
@@ -101,7 +101,7 @@ def _flop_model(name: str):
 @figure("train-time", "per-iteration training step time over one epoch, coloured by keep rate")
 def _train_time_command(p: argparse.ArgumentParser) -> Draw:
     p.add_argument("run_dir", nargs="+", type=Path, help="run directories (one panel each)")
-    p.add_argument("--epoch", type=int, default=None, help="epoch to show (default: the second)")
+    p.add_argument("--epoch", type=int, default=None, help="epoch to show, counted from 1 (default: the second, or the only one)")
     return lambda args: plot_train_time(args.run_dir, args.output, epoch=args.epoch)
 
 
