@@ -93,3 +93,10 @@ def test_out_of_range_values_are_usage_errors(values, message):
 def test_amp_flag_alone_means_auto_and_yaml_bool_is_accepted():
     assert parse("--amp").amp == "auto"
     assert from_dict({"amp": True}).amp == "auto" and from_dict({"amp": False}).amp == "off"
+
+
+def test_sampler_names_of_the_config_are_the_samplers():
+    from vitpss.config import SAMPLER_NAMES
+    from vitpss.samplers import SAMPLERS
+
+    assert SAMPLER_NAMES == tuple(SAMPLERS)

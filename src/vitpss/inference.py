@@ -86,7 +86,7 @@ def evaluate_at(model: nn.Module, batches: Batches, rate: float | None, *, seed:
 def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
                 timing_batch: torch.Tensor | None = None, warmup: int = 2, repeats: int = 5,
                 amp_dtype: torch.dtype | None = None, seed: int = 0) -> list[dict[str, float]]:
-    """One row per keep rate: ``keep_rate, acc1, acc5, images_per_s, gflops, tokens``.
+    """One row per keep rate: ``keep_rate, acc1, acc5, loss, images_per_s, gflops, tokens``.
 
     ``timing_batch`` (default: the images of the first batch) is moved to the model's device
     once and timed at every rate. GFLOPs are per image, forward only. Accuracy as
@@ -104,6 +104,7 @@ def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
             "keep_rate": rate,
             "acc1": round(result["acc1"], 3),
             "acc5": round(result["acc5"], 3),
+            "loss": round(result["loss"], 4),
             "images_per_s": round(speed[rate], 1),
             "gflops": count_flops(model, rate, backward=False) / 1e9,
             "tokens": token_count(model, rate),

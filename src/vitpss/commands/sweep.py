@@ -2,7 +2,7 @@
 
 For each keep rate: top-1/top-5 accuracy on the validation data, throughput of the model alone and
 GFLOPs per image of the forward. Writes ``sweep.json`` (rows
-``{keep_rate, acc1, acc5, images_per_s, gflops}``, plus ``tokens`` per image) and ``sweep.png``.
+``{keep_rate, acc1, acc5, images_per_s, gflops}``, plus ``tokens`` per image and the mean ``loss``) and ``sweep.png``.
 """
 
 from __future__ import annotations
