@@ -50,7 +50,7 @@ class TrainConfig:
     """All settings of one training run (see ``vitpss train --help`` for each field)."""
 
     # Model (timm.create_model name and overrides; None = the model's default).
-    model: str = _opt(AUTO_MODEL, "timm model name (ViT, DeiT, BEiT, EVA, ...; see docs/cli.md), or auto: "
+    model: str = _opt(AUTO_MODEL, "timm model name (ViT, DeiT, BEiT, EVA, ...), or auto: "
                                   f"{DEFAULT_MODEL} for mnist5k and synthetic data, else a small ViT sized for the data "
                                   "(width 192, depth 6, the images' side and channels, a patch size giving about "
                                   "64 tokens)")
@@ -76,7 +76,8 @@ class TrainConfig:
     augment: str = _opt("light", "training augmentation of real data: none, light (random-resized crop), "
                                  "pad-crop (CIFAR: 4-px padded random crop), randaug (DeiT)")
     hflip: float | None = _opt(None, "horizontal flip probability (default 0 for mnist5k, else 0.5)")
-    workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
+    workers: int | None = _opt(None, "DataLoader workers per process", shown="0 for in-memory data and for CPU "
+                               "training with <= 2 cores per process, else cores - 1, at most 8")
     on_bad_image: str = _opt("skip", "an ImageFolder file that cannot be read: skip (warn, count, use the next image) "
                                      "or error (stop, naming it)")
     # Recipe.
@@ -107,12 +108,12 @@ class TrainConfig:
     sampler: str = _opt("random", "patch sampler where a keep rate < 1 is used: " + ", ".join(SAMPLER_NAMES))
     # Run.
     seed: int = _opt(0, "random seed")
-    output: str | None = _opt(None, "run directory (default runs/train-<date>-<time>)")
+    output: str | None = _opt(None, "run directory", shown="runs/train-<date>-<time>")
     resume: str | None = _opt(None, "resume a run from its directory or checkpoint file")
     overwrite: bool = _opt(False, "replace the run files in an output directory holding another run")
     device: str = _opt("auto", "device: " + DEVICE_HINT)
-    threads: int | None = _opt(None, "CPU threads per process (default: torch's; 1 is fastest for small models "
-                                     "on shared cores)")
+    threads: int | None = _opt(None, "CPU threads of torch per process (1 is fastest for small models on shared "
+                                     "cores)", shown="torch's")
     save_every_steps: int = _opt(0, "also write checkpoint.pt every N steps (0 = at epoch ends only)")
     max_steps: int | None = _opt(None, "stop (with a checkpoint) after this global step, as if interrupted")
     compile: bool = _opt(False, "wrap the model with torch.compile")

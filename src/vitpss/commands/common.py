@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import MODEL_OVERRIDES, TrainConfig, check_setting, field_types
@@ -52,12 +53,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_field_arguments(parser, [f.name for f in dataclasses.fields(TrainConfig)])
 
 
+def _shown_default(name: str) -> Any:
+    """The default of TrainConfig field ``name`` as help states it."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    if "shown" in f.metadata:
+        return f.metadata["shown"]
+    return "model's" if f.default is None and name in MODEL_OVERRIDES else f.default
+
+
 def add_field_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """``--flag`` of each TrainConfig field in ``names``, as ``vitpss train`` has it (only given flags appear)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name in names:
-        shown = "model's" if defaults[name] is None and name in MODEL_OVERRIDES else defaults[name]
-        parser.add_argument(flag(name), default=argparse.SUPPRESS, **_field_argument(name, shown))
+        parser.add_argument(flag(name), default=argparse.SUPPRESS, **_field_argument(name, _shown_default(name)))
 
 
 def add_common_options(parser: argparse.ArgumentParser, names: Sequence[str] = COMMON_OPTIONS, *,
@@ -67,11 +74,18 @@ def add_common_options(parser: argparse.ArgumentParser, names: Sequence[str] = C
     ``defaults[name]`` is the parsed default (else None: "not given"); ``shown[name]`` the default
     the help states (else ``defaults[name]``, else TrainConfig's).
     """
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name in names:
         value = defaults.get(name)
-        text = shown.get(name, value if name in defaults else getattr(fields.get(name), "default", None))
-        parser.add_argument(flag(name), default=value, **_field_argument(name, "torch's" if text is None else text))
+        text = shown.get(name, value if name in defaults else _shown_default(name))
+        parser.add_argument(flag(name), default=value, **_field_argument(name, text))
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--data`` of the commands that evaluate a trained model."""
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="checkpoint file, or a run directory (its checkpoint.pt)")
+    parser.add_argument("--data", default=None, help="evaluate on other data with the same classes (default: the "
+                        "run's)")
 
 
 def check_common_options(args: argparse.Namespace) -> None:

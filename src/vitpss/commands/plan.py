@@ -415,13 +415,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="training steps per epoch (default: counted from the data and --batch-size, as vitpss "
                         "train would)")
-    p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this")
-    p.add_argument("--baseline-hours", type=float, help="hours of the same run with all patches")
+    p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this "
+                   "(default: no budget)")
+    p.add_argument("--baseline-hours", type=float, help="hours of the same run with all patches (default: none)")
     p.add_argument("--no-measure", action="store_true", help="skip the step-time calibration (FLOPs only)")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate (median; default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per keep rate first (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate, median (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per keep rate first (default: 1)")
     p.add_argument("--data-batches", type=int, default=10,
-                   help="batches timed from the data loader when --data is given (default 10)")
+                   help="batches timed from the data loader when --data is given (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
 

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="deit_tiny_patch16_224", help="timm model name (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate (default: %(default)s)")
     p.add_argument("--keep-rates", "--rates", dest="keep_rates", type=parse_rates,
-                   default=[1.0, 0.8, 0.6, 0.4, 0.2], help="comma-separated keep rates (default 1.0,0.8,...,0.2)")
+                   default=[1.0, 0.8, 0.6, 0.4, 0.2], help="comma-separated keep rates (default: 1.0,0.8,...,0.2)")
     add_common_options(p, ("threads", "device", "amp", "sampler", "batch_size"),
                        defaults={"device": "cpu", "amp": "auto", "sampler": "magnitude", "batch_size": 8})
     p.set_defaults(func=run)

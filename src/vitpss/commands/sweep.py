@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UsageError
-from .common import add_common_options, check_common_options, parse_rates
+from .common import add_checkpoint_options, add_common_options, check_common_options, parse_rates
 
 DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 def format_table(rows: Sequence[dict[str, float]]) -> str:
@@ -32,17 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Dynamic inference: evaluate a checkpoint at several keep rates; writes sweep.json "
                     "and sweep.png (default: beside the checkpoint) and prints a table. Each row's accuracy is "
                     "what 'vitpss eval --keep-rate' gives at that rate (same seeded draw).")
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="checkpoint file, or a run directory (its checkpoint.pt)")
+    add_checkpoint_options(p)
     p.add_argument("--keep-rates", type=parse_rates, default=list(DEFAULT_RATES),
-                   help="comma-separated keep rates (default 1.0,0.9,...,0.2)")
-    p.add_argument("--data", default=None, help="evaluate on other data with the same classes (default: the run's)")
-    p.add_argument("--output", type=Path, default=None, help="directory for sweep.json and sweep.png")
+                   help="comma-separated keep rates (default: 1.0,0.9,...,0.2)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="directory for sweep.json and sweep.png (default: the checkpoint's)")
     add_common_options(p, defaults={"device": "auto", "amp": "auto"},
                        shown={"sampler": "the run's; gumbel-magnitude runs use magnitude",
                               "batch_size": "the run's", "workers": "the run's"})
-    p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate (median; default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate, median (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default: 2)")
     p.set_defaults(func=run)
 
 

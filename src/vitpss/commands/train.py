@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ..config import DEFAULT_MODEL, TrainConfig, field_names, from_dict, load_config, validate
 from ..errors import UsageError
-from .common import add_common_options, add_config_arguments, check_common_options, parse_rate
+from .common import add_checkpoint_options, add_common_options, add_config_arguments, check_common_options, parse_rate
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
@@ -37,9 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("eval", description="Top-1/top-5 accuracy and loss of a checkpoint on its run's "
                               "validation data (or --data), at all patches or at --keep-rate (the random sampler's "
                               "draw seeded by the run's seed: the same number as 'vitpss sweep' gives at that rate).")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file, or a run directory (its checkpoint.pt)")
-    e.add_argument("--keep-rate", type=parse_rate, default=None, help="share of patches kept at inference (default 1)")
-    e.add_argument("--data", default=None, help="evaluate on other data with the same classes (default: the run's)")
+    add_checkpoint_options(e)
+    e.add_argument("--keep-rate", type=parse_rate, default=None, help="share of patches kept at inference (default: 1)")
     add_common_options(e, defaults={"device": "auto", "amp": "auto"},
                        shown={"sampler": "the run's", "batch_size": "the run's", "workers": "the run's"})
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
