@@ -77,8 +77,8 @@ def data_image_shape(data: str) -> tuple[int, int] | None:
     train = Path(data) / "train"
     shapes = []
     for class_dir in (sorted(train.iterdir()) if train.is_dir() else [])[:8]:
-        paths = sorted(p for p in class_dir.iterdir() if p.name.lower().endswith(IMG_EXTENSIONS)) \
-            if class_dir.is_dir() else []
+        paths = sorted(p for p in class_dir.iterdir()  # regular files only: opening a FIFO would block
+                       if p.name.lower().endswith(IMG_EXTENSIONS) and p.is_file()) if class_dir.is_dir() else []
         for path in paths[:2]:
             with contextlib.suppress(Exception), Image.open(path) as img:
                 shapes.append((1 if len(img.getbands()) == 1 and img.mode != "P" else 3, min(img.size)))

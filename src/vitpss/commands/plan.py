@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
+from ..config import TrainConfig, from_dict, load_config, schedule_from_config, validate
 from ..data import build_datasets, build_loader, default_workers
 from ..errors import UsageError
 from ..flops import FlopModel
@@ -413,7 +413,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="a vitpss train config; flags override it")
     add_field_arguments(p, PLAN_FIELDS)
     p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="training steps per epoch (default: counted from the data and --batch-size, as vitpss "
+                   help="training steps per epoch (default: counted from the data and --batch-size for one process, as vitpss "
                         "train would)")
     p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this "
                    "(default: no budget)")
