@@ -85,11 +85,12 @@ def test_shared_options_exist_with_one_help_text_everywhere(flag):
     (["train", "--epoch", "3"], "--epoch: did you mean --epochs?"),
     (["eval", "--checkpoint", "x", "--thread", "1"], "--thread: did you mean --threads?"),
     (["step-time", "--batchsize", "2"], "--batchsize: did you mean --batch-size?"),
+    (["plot", "schedule", "--schedule", "linear", "--epoc", "2"], "--epoc: did you mean --epoch?"),
 ])
 def test_an_unknown_flag_names_the_subcommands_help_and_the_nearest_flag(capsys, argv, hint):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    command = argv[0]
+    command = " ".join(argv[:2]) if argv[0] == "plot" else argv[0]
     assert err.count("\n") == 1 and hint in err and f"(see 'vitpss {command} --help')" in err, err
 
 

@@ -80,6 +80,16 @@ def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Argum
     return action.choices[name]
 
 
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand that ``args`` names (``vitpss plot schedule``: the figure's)."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, action.dest, None) if action is not None else None
+        if name is None:
+            return parser
+        parser = action.choices[name]
+
+
 def unknown_arguments(extra: Sequence[str], sub: argparse.ArgumentParser) -> str:
     """``unrecognized arguments: ...`` with a "did you mean" for each unknown flag close to a known one."""
     known = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
@@ -97,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(argv)
         args, extra = parser.parse_known_args(argv)
         if extra:
-            command_parser(parser, args.command).error(unknown_arguments(extra, command_parser(parser, args.command)))
+            sub = _innermost(parser, args)
+            sub.error(unknown_arguments(extra, sub))
         return int(args.func(args) or 0)
     except UsageError as err:
         print(f"vitpss: error: {err}", file=sys.stderr)
