@@ -130,6 +130,27 @@ def one_run(args: argparse.Namespace, setting: str, method: str, budget: float, 
             "budget_plan": summary.get("budget"), "curve": [v["acc1"] for v in val], "curve_cpu_s": cpu_curve}
 
 
+def collect(args: argparse.Namespace) -> None:
+    """Rebuild every results JSON from the finished runs under --runs (runs never trained here)."""
+    for setting in args.settings.split(","):
+        folder = Path(args.runs) / setting
+        if not folder.is_dir():
+            continue
+        runs = {}
+        for summary in sorted(folder.glob("*_F*_s*/summary.json")):
+            method, budget, seed = summary.parent.name.rsplit("_", 2)
+            runs[f"{setting}/{summary.parent.name}"] = one_run(args, setting, method, float(budget[1:]), int(seed[1:]))
+        path = RESULTS / f"budget_{setting}.json"
+        path.write_text(json.dumps({"runs": runs, "meta": meta(setting)}, indent=1))
+        print(f"{setting}: {len(runs)} runs -> {path.name}")
+
+
+def meta(setting: str) -> dict:
+    return {"setting": setting, "E": SETTINGS[setting][0], "flags": SETTINGS[setting][1],
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "time": "process CPU time of the training steps (train_log.jsonl cpu_time)"}
+
+
 def run(args: argparse.Namespace) -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -142,9 +163,7 @@ def run(args: argparse.Namespace) -> None:
                 data["runs"][result["run"]] = result
                 print(f"{setting:<9} {result['run']:<24} acc1 {result['acc1']:6.2f}  epochs {result['epochs']:3d}  "
                       f"train CPU {result['train_cpu_s']:7.1f} s", flush=True)
-                data["meta"] = {"setting": setting, "E": SETTINGS[setting][0], "flags": SETTINGS[setting][1],
-                                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                                "time": "process CPU time of the training steps (train_log.jsonl cpu_time)"}
+                data["meta"] = meta(setting)
                 path.write_text(json.dumps(data, indent=1))
 
 
@@ -274,6 +293,10 @@ def main() -> None:
     p.add_argument("--cifar-root", help="CIFAR-10 JPEG ImageFolder (train/, val/)")
     p.add_argument("--tin-root", help="Tiny-ImageNet dev ImageFolder (train/, val/)")
     p.set_defaults(func=run)
+    c = sub.add_parser("collect", help="rebuild the results JSON from the finished runs under --runs")
+    c.add_argument("--settings", default=",".join(SETTINGS))
+    c.add_argument("--runs", default=str(HERE / ".cache" / "budget_runs"))
+    c.set_defaults(func=collect)
     r = sub.add_parser("report", help="tables, regret per budget, the rule's choice and the figure")
     r.add_argument("--settings", default=",".join(SETTINGS))
     r.add_argument("--figure", default=str(HERE.parent / "docs" / "budget-study.png"))

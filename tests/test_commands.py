@@ -62,3 +62,47 @@ def test_step_time_bad_input_is_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+# --------------------------------------------------------------------------- one set of shared options
+
+MODEL_COMMANDS = ("train", "eval", "sweep", "plan", "step-time", "pretrain")
+
+
+def help_of(parser: argparse.ArgumentParser, flag: str) -> str:
+    """An option's help with its stated default cut off (each command has its own defaults)."""
+    return option(parser, flag).help.split(" (default")[0]
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--device", "--amp", "--batch-size", "--workers", "--sampler"])
+def test_shared_options_exist_with_one_help_text_everywhere(flag):
+    commands = [c for c in MODEL_COMMANDS if not (flag == "--workers" and c == "step-time")]  # no data there
+    texts = {c: help_of(subcommand(c), flag) for c in commands}
+    assert len(set(texts.values())) == 1, texts
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--epoch", "3"], "--epoch: did you mean --epochs?"),
+    (["eval", "--checkpoint", "x", "--thread", "1"], "--thread: did you mean --threads?"),
+    (["step-time", "--batchsize", "2"], "--batchsize: did you mean --batch-size?"),
+    (["plot", "schedule", "--schedule", "linear", "--epoc", "2"], "--epoc: did you mean --epoch?"),
+])
+def test_an_unknown_flag_names_the_subcommands_help_and_the_nearest_flag(capsys, argv, hint):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2]) if argv[0] == "plot" else argv[0]
+    assert err.count("\n") == 1 and hint in err and f"(see 'vitpss {command} --help')" in err, err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["sweep", "--help"],
+                                  ["step-time", "--help"]])
+def test_help_loads_no_torch(argv):
+    # what makes `vitpss --help` answer in well under a second (docs/cli.md gives the measured times)
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vitpss.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules]\nassert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: vitpss" in result.stdout

@@ -44,6 +44,17 @@ def test_config_round_trips_through_yaml(tmp_path):
     assert yaml.safe_load(path.read_text()) == config_to_dict(cfg)
 
 
+def test_every_unknown_yaml_key_is_listed_in_one_line_with_its_suggestion(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epoch: 3\nkeep_rate_low: 0.3\nbatchsize: 16\nlr: 0.001\nzzz: 1\n")
+    with pytest.raises(UsageError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.endswith("unknown settings 'epoch' (did you mean 'epochs'?), 'keep_rate_low' (did you mean "
+                            "'low'?), 'batchsize' (did you mean 'batch_size'?), 'zzz'")
+
+
 def test_unknown_yaml_key_suggests_the_nearest_setting(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("batchsize: 16\n")
@@ -82,3 +93,10 @@ def test_out_of_range_values_are_usage_errors(values, message):
 def test_amp_flag_alone_means_auto_and_yaml_bool_is_accepted():
     assert parse("--amp").amp == "auto"
     assert from_dict({"amp": True}).amp == "auto" and from_dict({"amp": False}).amp == "off"
+
+
+def test_sampler_names_of_the_config_are_the_samplers():
+    from vitpss.config import SAMPLER_NAMES
+    from vitpss.samplers import SAMPLERS
+
+    assert SAMPLER_NAMES == tuple(SAMPLERS)

@@ -59,7 +59,7 @@ def test_two_cpu_processes_keep_identical_weights(tmp_path, accum_steps):
     assert summary["world_size"] == 2
     # The initial weights moved: training happened on both ranks together.
     val = read_jsonl(tmp_path / "run" / "val_log.jsonl")
-    assert [v["epoch"] for v in val] == [0, 1]
+    assert [v["epoch"] for v in val] == [1, 2]
 
 
 def test_torchrun_launches_the_cli_data_parallel(tmp_path):

@@ -176,6 +176,25 @@ def test_set_keep_rate_rejects_invalid_rates(rate):
         vitpss.set_keep_rate(vitpss.attach(tiny()), rate)
 
 
+@pytest.mark.parametrize("rate", ["0.5", None, True, [0.5]])
+def test_set_keep_rate_refuses_a_rate_that_is_not_a_number(rate):
+    model = vitpss.attach(tiny())
+    for call in (lambda: vitpss.set_keep_rate(model, rate), lambda: vitpss.keep_rate(model, rate).__enter__()):
+        with pytest.raises(TypeError, match="is not a number: give a float in"):
+            call()
+
+
+def test_get_keep_indices_is_none_when_every_patch_was_kept():
+    model = vitpss.attach(tiny(), sampler="random").train()
+    assert vitpss.get_keep_indices(model) is None  # before any forward
+    vitpss.set_keep_rate(model, 1.0)
+    model(torch.randn(2, 3, 32, 32))
+    assert vitpss.get_keep_indices(model) is None
+    vitpss.set_keep_rate(model, 0.5)
+    model(torch.randn(2, 3, 32, 32))
+    assert vitpss.get_keep_indices(model).shape == (2, vitpss.token_count(model, 0.5) - 1)
+
+
 def test_seeded_random_sampler_is_reproducible():
     outs = []
     for _ in range(2):

@@ -34,12 +34,12 @@ def write_run(run_dir: Path, epochs: int = 2, steps: int = 20) -> Path:
     with open(run_dir / "train_log.jsonl", "w") as f:
         for step in range(epochs * steps):
             rate = schedule(step)
-            f.write(json.dumps({"step": step, "epoch": step // steps, "keep_rate": rate, "tokens": 1 + round(rate * 64),
+            f.write(json.dumps({"step": step, "epoch": step // steps + 1, "keep_rate": rate, "tokens": 1 + round(rate * 64),
                                 "loss": 2.3 * np.exp(-step / 30) + 0.1 * rng.random(), "lr": 1e-3,
                                 "step_time": 0.01 + 0.02 * rate + 0.001 * rng.random(), "data_time": 0.001}) + "\n")
     with open(run_dir / "val_log.jsonl", "w") as f:
         for epoch in range(epochs):
-            f.write(json.dumps({"epoch": epoch, "acc1": 50.0 + 10 * epoch, "acc5": 90.0, "loss": 1.0,
+            f.write(json.dumps({"epoch": epoch + 1, "step": (epoch + 1) * steps, "acc1": 50.0 + 10 * epoch, "acc5": 90.0, "loss": 1.0,
                                 "epoch_time": 1.0}) + "\n")
     (run_dir / "summary.json").write_text(json.dumps({"compute_fraction": 0.62, "schedule": "cyclic"}))
     return run_dir

@@ -33,7 +33,7 @@ def test_pretrain_writes_the_run_directory(run_dir):
     assert [r["step"] for r in steps] == list(range(6))  # 48 images / 16 per step x 2 epochs
     assert all(r["loss"] > 0 and r["keep_rate"] == 1.0 for r in steps)
     epochs = [json.loads(line) for line in (run_dir / "val_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["epoch"] for r in epochs] == [1, 2]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mask_ratio"] == 0.5 and summary["mask_patch_size"] == 7
     assert "mask_patch_size: 7" in (run_dir / "config.yaml").read_text()

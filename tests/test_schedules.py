@@ -226,3 +226,37 @@ def test_max_steps_ends_a_schedule_inside_its_last_epoch_with_the_cooldown_at_it
     assert list(cut.rates()[6:]) == [1.0] * 4 and cut(5) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="max_steps=13 is out of range"):
         KeepRateSchedule("linear", steps_per_epoch=4, epochs=3, max_steps=13)
+
+
+# --- the run's length is required; past the end warns ----------------------------------------
+
+@pytest.mark.parametrize("kwargs,missing", [({}, "steps_per_epoch and epochs"), ({"epochs": 3}, "steps_per_epoch"),
+                                            ({"steps_per_epoch": 10}, "epochs")])
+def test_build_schedule_without_the_run_length_is_a_type_error_saying_what_to_pass(kwargs, missing):
+    with pytest.raises(TypeError, match=rf"steps_per_epoch=len\(loader\) and epochs=E \(or total_steps=N\); "
+                                        rf"missing {missing}$"):
+        vitpss.build_schedule("cosine", low=0.2, **kwargs)
+
+
+def test_build_schedule_takes_total_steps_as_one_epoch_of_that_length():
+    schedule = vitpss.build_schedule("cosine", low=0.2, quantum=0, total_steps=100)
+    assert schedule.total_steps == 100 and schedule(0) == pytest.approx(0.2) and schedule(99) == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="either total_steps= or steps_per_epoch="):
+        vitpss.build_schedule("cosine", total_steps=100, epochs=2)
+
+
+@pytest.mark.parametrize("schedule", [
+    vitpss.build_schedule("cosine", steps_per_epoch=5, epochs=2),
+    vitpss.paper_schedule("cyclic", steps_per_epoch=5, epochs=2),
+])
+def test_a_step_past_the_end_warns_once(schedule):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        schedule(9)
+        assert not caught
+        schedule(10)
+        schedule(11)
+        schedule.rates()
+    assert len(caught) == 1 and "past its end (10 steps)" in str(caught[0].message)

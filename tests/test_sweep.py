@@ -135,6 +135,29 @@ def test_eval_with_random_patches_gives_the_same_numbers_every_time(tiny_run, ca
     assert outputs[0] == outputs[1]
 
 
+def test_eval_at_a_keep_rate_gives_the_number_of_sweeps_row_for_it(tiny_run, tmp_path, capsys, one_thread):
+    # one seeded draw per rate: the sweep's timing passes and earlier rates do not shift it
+    assert main(["sweep", "--checkpoint", str(tiny_run), "--keep-rates", "1.0,0.5,0.25", "--repeats", "1",
+                 "--warmup", "1", "--device", "cpu", "--output", str(tmp_path)]) == 0
+    rows = {r["keep_rate"]: r for r in json.loads((tmp_path / "sweep.json").read_text())}
+    capsys.readouterr()
+    for rate in (0.25, 0.5):
+        assert main(["eval", "--checkpoint", str(tiny_run), "--keep-rate", str(rate), "--device", "cpu",
+                     "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert f"acc1 {rows[rate]['acc1']:.2f}  acc5 {rows[rate]['acc5']:.2f}  loss {rows[rate]['loss']:.4f}" in out
+
+
+def test_eval_and_sweep_read_only_the_validation_split(tiny_run, monkeypatch):
+    import vitpss.inference as inference
+
+    seen = []
+    real = inference.build_datasets
+    monkeypatch.setattr(inference, "build_datasets", lambda cfg, **kw: seen.append(kw) or real(cfg, **kw))
+    loaded = inference.load_checkpoint(tiny_run, device="cpu")
+    assert seen == [{"with_train": False}] and len(loaded.val_dataset) > 0
+
+
 def test_checkpoint_figures_render(tiny_run, tmp_path):
     patches, freq = tmp_path / "patches.png", tmp_path / "freq.pdf"
     assert main(["plot", "patches", "--checkpoint", str(tiny_run / "best.pt"), "--keep-rates", "1.0,0.5",

@@ -38,12 +38,12 @@ def test_train_log_has_every_step_with_the_rate_the_schedule_gives(run_dir):
     assert all(STEP_FIELDS <= r.keys() for r in records)
     assert [r["keep_rate"] for r in records] == [schedule(t) for t in range(8)]
     assert [r["tokens"] for r in records] == [1 + round(schedule(t) * 16) for t in range(8)]
-    assert [r["epoch"] for r in records] == [0] * 4 + [1] * 4
+    assert [r["epoch"] for r in records] == [1] * 4 + [2] * 4  # epochs count from 1
 
 
 def test_val_log_and_summary_report_accuracy_time_and_compute(run_dir):
     val = read_jsonl(run_dir / "val_log.jsonl")
-    assert [v["epoch"] for v in val] == [0, 1]
+    assert [v["epoch"] for v in val] == [1, 2]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["acc1"] == val[-1]["acc1"] and summary["best_acc1"] == max(v["acc1"] for v in val)
     assert summary["schedule"] == "cyclic" and summary["sampler"] == "random" and summary["epochs"] == 2
@@ -51,6 +51,31 @@ def test_val_log_and_summary_report_accuracy_time_and_compute(run_dir):
     assert summary["train_time_s"] > 0 and summary["images_per_s"] > 0
     # the whole loop (evaluations, checkpoints) takes longer than its steps alone
     assert summary["wall_time_s"] > summary["train_time_s"] and summary["cpu_time_s"] > 0
+
+
+def test_every_epoch_number_counts_from_1(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(tiny_run(out)) == 0
+    console = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    val = read_jsonl(out / "val_log.jsonl")
+    best = max(val, key=lambda v: v["acc1"])
+    assert summary["best_epoch"] == best["epoch"] and f"(epoch {summary['best_epoch']})" in console
+    assert [v["epoch"] for v in val] == [1, 2] and [v["step"] for v in val] == [4, 8]
+    assert "epoch 1/2" in console and "epoch 2/2" in console and "epoch 0" not in console
+
+
+def test_resume_turns_logs_counted_from_0_into_logs_counted_from_1(tmp_path):
+    from vitpss.trainer import upgrade_epoch_numbers
+
+    (tmp_path / "val_log.jsonl").write_text('{"epoch": 0, "acc1": 1.0}\n{"epoch": 1, "acc1": 2.0}\n')
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps({"step": t, "epoch": t // 4}) + "\n" for t in range(8)))
+    upgrade_epoch_numbers(tmp_path, steps_per_epoch=4)
+    assert read_jsonl(tmp_path / "val_log.jsonl") == [{"epoch": 1, "acc1": 1.0, "step": 4},
+                                                      {"epoch": 2, "acc1": 2.0, "step": 8}]
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "train_log.jsonl")] == [1] * 4 + [2] * 4
+    upgrade_epoch_numbers(tmp_path, steps_per_epoch=4)  # logs that count from 1 stay as they are
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "train_log.jsonl")] == [1] * 4 + [2] * 4
 
 
 def test_config_yaml_is_fully_resolved(run_dir):

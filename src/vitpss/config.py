@@ -21,13 +21,14 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import UsageError
-from .resolution import TOKEN_MODES
-from .samplers import SAMPLERS
 from .schedules import SCHEDULES, KeepRateSchedule, build_schedule
 
 #: The default model: a small ViT registered with timm by :mod:`vitpss.train` (28 px, patch 7,
 #: 1 channel, width 64, depth 4, 4 heads, average pooling), sized for the embedded MNIST subset.
 DEFAULT_MODEL = "vitpss_tiny_mnist"
+#: ``--model auto`` (the default): DEFAULT_MODEL for mnist5k and synthetic data, else a small ViT sized for the
+#: data (:func:`vitpss.models.resolve_auto_model`).
+AUTO_MODEL = "auto"
 AMP_CHOICES = ("off", "auto", "bf16", "fp16")
 AUGMENT_CHOICES = ("none", "light", "pad-crop", "randaug")
 IN_MEMORY_CHOICES = ("auto", "on", "off")
@@ -35,6 +36,12 @@ BAD_IMAGE_CHOICES = ("skip", "error")
 DECODE_CHOICES = ("cpu", "gpu")
 GLOBAL_POOL_CHOICES = ("token", "avg", "max", "avgmax", "map", "")
 DEVICE_HINT = "auto, cpu, cuda or cuda:N"
+#: The names of :data:`vitpss.samplers.SAMPLERS` (here without importing torch; a test keeps them equal).
+SAMPLER_NAMES = ("random", "magnitude", "gumbel-magnitude")
+#: How a keep rate gives fewer tokens (vitpss.resolution): drop patches, or a smaller image.
+TOKEN_MODES = ("sample", "resize")
+#: Model fields that override the timm model's own default where given.
+MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -46,7 +53,10 @@ class TrainConfig:
     """All settings of one training run (see ``vitpss train --help`` for each field)."""
 
     # Model (timm.create_model name and overrides; None = the model's default).
-    model: str = _opt(DEFAULT_MODEL, "timm ViT/DeiT model name")
+    model: str = _opt(AUTO_MODEL, "timm model name (ViT, DeiT, BEiT, EVA, ...), or auto: "
+                                  f"{DEFAULT_MODEL} for mnist5k and synthetic data, else a small ViT sized for the data "
+                                  "(width 192, depth 6, the images' side and channels, a patch size giving about "
+                                  "64 tokens)")
     img_size: int | None = _opt(None, "input image size (pixels)")
     patch_size: int | None = _opt(None, "patch size (pixels)")
     embed_dim: int | None = _opt(None, "token width")
@@ -77,7 +87,8 @@ class TrainConfig:
     augment: str = _opt("light", "training augmentation of real data: none, light (random-resized crop), "
                                  "pad-crop (CIFAR: 4-px padded random crop), randaug (DeiT)")
     hflip: float | None = _opt(None, "horizontal flip probability (default 0 for mnist5k, else 0.5)")
-    workers: int | None = _opt(None, "DataLoader workers per process (default: 0 for mnist5k/synthetic)")
+    workers: int | None = _opt(None, "DataLoader workers per process", shown="0 for in-memory data and for CPU "
+                               "training with <= 2 cores per process, else cores - 1, at most 8")
     on_bad_image: str = _opt("skip", "an ImageFolder file that cannot be read: skip (warn, count, use the next image) "
                                      "or error (stop, naming it)")
     decode: str = _opt("cpu", "where JPEGs are decoded: cpu (loader workers) or gpu (the device, with the "
@@ -96,7 +107,7 @@ class TrainConfig:
     ema_decay: float = _opt(0.0, "model EMA decay, e.g. 0.999 (0 = off)")
     clip_grad: float = _opt(0.0, "gradient norm clipping (0 = off)")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA from compute capability 8.0, else fp16; off on CPU), off, bf16, "
-                            "fp16 (--amp alone = auto; saved resolved, so a resume keeps the precision)", const="auto")
+                            "fp16 (--amp alone = auto)", const="auto")
     accum_steps: int = _opt(1, "gradient accumulation: micro-batches of --batch-size per optimiser step (the "
                                "schedule and the LR advance per optimiser step)")
     # Patch sampling schedule.
@@ -107,7 +118,7 @@ class TrainConfig:
     quantum: float = _opt(0.2, "round keep rates to multiples of this (0 = no rounding)")
     cooldown_epochs: int = _opt(0, "last epochs trained with all patches")
     period_steps: int | None = _opt(None, "cyclic period in steps (default: one epoch)")
-    sampler: str = _opt("random", "patch sampler: " + ", ".join(SAMPLERS))
+    sampler: str = _opt("random", "patch sampler where a keep rate < 1 is used: " + ", ".join(SAMPLER_NAMES))
     tokens: str = _opt("sample", "how a keep rate below 1 gives fewer tokens: sample (drop patches) or resize "
                                  "(a smaller image, every patch of it; timm ViTs)")
     budget: float | None = _opt(None, "train within this fraction of the time of --epochs epochs at all patches: "
@@ -116,12 +127,12 @@ class TrainConfig:
                                            "then holds the chosen count)")
     # Run.
     seed: int = _opt(0, "random seed")
-    output: str | None = _opt(None, "run directory (default runs/train-<date>-<time>)")
+    output: str | None = _opt(None, "run directory", shown="runs/train-<date>-<time>")
     resume: str | None = _opt(None, "resume a run from its directory or checkpoint file")
     overwrite: bool = _opt(False, "replace the run files in an output directory holding another run")
     device: str = _opt("auto", "device: " + DEVICE_HINT)
-    threads: int | None = _opt(None, "CPU threads per process (default: torch's; 1 is fastest for small models "
-                                     "on shared cores)")
+    threads: int | None = _opt(None, "CPU threads of torch per process (1 is fastest for small models on shared "
+                                     "cores)", shown="torch's")
     save_every_steps: int = _opt(0, "also write checkpoint.pt every N steps (0 = at epoch ends only)")
     max_steps: int | None = _opt(None, "stop (with a checkpoint) after this global step, as if interrupted")
     compile: bool = _opt(False, "wrap the model with torch.compile")
@@ -158,8 +169,17 @@ def field_types() -> dict[str, tuple[type, bool]]:
 
 
 def nearest(name: str, valid: typing.Iterable[str]) -> str:
-    """A ' (did you mean X?)' hint for the closest valid name, or ''."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    """A ' (did you mean X?)' hint for the closest valid name, or ''.
+
+    Close spellings first (``epoch`` -> ``epochs``); else the longest valid name that is a whole
+    ``_``/``-`` part at either end of ``name`` (``keep_rate_low`` -> ``low``).
+    """
+    valid = list(valid)
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not match:
+        norm = name.replace("-", "_")
+        match = sorted((v for v in valid if len(v) > 1 and (norm.endswith("_" + v.replace("-", "_"))
+                        or norm.startswith(v.replace("-", "_") + "_"))), key=len, reverse=True)[:1]
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -180,11 +200,13 @@ def _coerce(name: str, value: Any, kind: type, optional: bool, source: str) -> A
 def from_dict(values: Mapping[str, Any], *, base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
     """``base`` (default: the defaults) updated with ``values``; unknown keys and wrong types -> UsageError."""
     types = field_types()
+    unknown = [f"{key!r}{nearest(str(key).replace('-', '_'), types)}" for key in values
+               if str(key).replace("-", "_") not in types]
+    if unknown:  # all of them at once: a file with three typos should not take three runs
+        raise UsageError(f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     updates = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in types:
-            raise UsageError(f"{source}: unknown setting {key!r}{nearest(name, types)}")
         kind, optional = types[name]
         updates[name] = _coerce(name, value, kind, optional, source)
     return dataclasses.replace(base or TrainConfig(), **updates)
@@ -263,7 +285,7 @@ _CHOICES: dict[str, typing.Sequence[str]] = {
     "in_memory": IN_MEMORY_CHOICES,
     "global_pool": GLOBAL_POOL_CHOICES,
     "schedule": SCHEDULES,
-    "sampler": tuple(SAMPLERS),
+    "sampler": SAMPLER_NAMES,
     "on_bad_image": BAD_IMAGE_CHOICES,
     "tokens": TOKEN_MODES,
     "decode": DECODE_CHOICES,
@@ -274,21 +296,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_setting(name: str, value: Any) -> None:
+    """UsageError when setting ``name`` is out of its range or not one of its choices (None passes)."""
+    if value is None:
+        return
+    if name in _RANGES and not _RANGES[name][0](value):
+        raise UsageError(f"{_flag(name)}={value!r} is out of range: it must be {_RANGES[name][1]}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        shown = ", ".join(repr(c) if c == "" else c for c in _CHOICES[name])
+        raise UsageError(f"unknown {name} {value!r}{nearest(value, _CHOICES[name])}: choose one of {shown}")
+    if name == "device" and not (value == "auto" or value == "cpu" or value.startswith("cuda")):
+        raise UsageError(f"--device={value!r} is not a device: use {DEVICE_HINT}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check types, ranges, names and the schedule's numbers; return ``cfg`` or raise UsageError."""
     for name, (kind, optional) in field_types().items():
         _coerce(name, getattr(cfg, name), kind, optional, _flag(name))
-    for name, (ok, allowed) in _RANGES.items():
-        value = getattr(cfg, name)
-        if value is not None and not ok(value):
-            raise UsageError(f"{_flag(name)}={value!r} is out of range: it must be {allowed}")
-    for name, choices in _CHOICES.items():
-        value = getattr(cfg, name)
-        if value is not None and value not in choices:
-            shown = ", ".join(repr(c) if c == "" else c for c in choices)
-            raise UsageError(f"unknown {name} {value!r}{nearest(value, choices)}: choose one of {shown}")
-    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise UsageError(f"--device={cfg.device!r} is not a device: use {DEVICE_HINT}")
+    for name in field_names():
+        check_setting(name, getattr(cfg, name))
     if cfg.decode == "gpu" and cfg.augment not in ("none", "light"):
         raise UsageError(f"--decode gpu does the random-resized crop and flip on the device, not --augment "
                          f"{cfg.augment}: use --augment light or none, or --decode cpu")

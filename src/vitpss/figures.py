@@ -187,8 +187,8 @@ def run_schedule_curve(run_dir: Path) -> ScheduleCurve:
                          len(epochs[0]), fraction)
 
 
-def plot_schedule(curves: Sequence[ScheduleCurve], output: Path, *, epoch: int = 0) -> Path:
-    """Keep rate over the whole run (left) and within epoch ``epoch`` (right), one line per curve.
+def plot_schedule(curves: Sequence[ScheduleCurve], output: Path, *, epoch: int = 1) -> Path:
+    """Keep rate over the whole run (left) and within epoch ``epoch`` (counted from 1; right), one line per curve.
 
     The legend gives each curve's mean keep rate and, when known, its compute fraction (training
     FLOPs over the same run with all patches).
@@ -203,7 +203,7 @@ def plot_schedule(curves: Sequence[ScheduleCurve], output: Path, *, epoch: int =
         style = dict(color=colors[i % len(colors)], drawstyle="steps-post", lw=1.6, alpha=0.85,
                      ls=("-", "--", ":", "-.")[i % 4])
         whole.plot(np.arange(c.rates.size) / c.steps_per_epoch, c.rates, label=label, **style)
-        start = epoch * c.steps_per_epoch
+        start = (epoch - 1) * c.steps_per_epoch
         part = c.rates[start:start + c.steps_per_epoch]
         one.plot(np.arange(part.size), part, **style)
     whole.set(title="Keep rate over the run", xlabel="epoch", ylabel="keep rate ρ (share of patches)",
@@ -235,9 +235,9 @@ def plot_train_time(run_dirs: Sequence[Path], output: Path, *, epoch: int | None
     for run_dir in run_dirs:
         run_dir = _run_dir(run_dir)
         epochs = _epochs_of(read_log(run_dir / "train_log.jsonl", ("step", "epoch", "keep_rate", "step_time")))
-        index = (1 if len(epochs) > 1 else 0) if epoch is None else epoch
+        index = (1 if len(epochs) > 1 else 0) if epoch is None else epoch - 1  # epochs count from 1
         if not 0 <= index < len(epochs):
-            raise UsageError(f"--epoch {epoch}: {run_dir} has epochs 0..{len(epochs) - 1}")
+            raise UsageError(f"--epoch {epoch}: {run_dir} has epochs 1..{len(epochs)}")
         runs.append((run_dir.name, index, sorted(epochs[index], key=lambda r: r["step"])))
     colors = _rate_colors([r["keep_rate"] for _, _, rows in runs for r in rows])
     fig, axes = new_figure(10, 1.2 + 2.8 * len(runs), nrows=len(runs), sharey=True)
@@ -253,7 +253,7 @@ def plot_train_time(run_dirs: Sequence[Path], output: Path, *, epoch: int | None
             edges = np.flatnonzero(np.diff(np.r_[0, at.astype(int), 0]))  # starts/ends of stretches
             for start, end in zip(edges[::2], edges[1::2]):
                 ax.hlines(mean, start - 0.5, end - 0.5, color=colors[level], ls="--", lw=1.5)
-        ax.set(title=f"{name}: training step time, epoch {index}", xlabel="iteration within the epoch",
+        ax.set(title=f"{name}: training step time, epoch {index + 1}", xlabel="iteration within the epoch",
                ylabel="step time (ms)")
         top = max(np.percentile(ms, 99), ms.mean()) * 1.25
         ax.set_ylim(0, top)

@@ -27,7 +27,7 @@ from .engine import evaluate
 from .errors import UsageError
 from .flops import count_flops
 from .models import model_from_checkpoint
-from .patching import keep_rate, set_sampler, token_count
+from .patching import keep_rate, patch_samplers, set_sampler, token_count
 from .resolution import check_token_mode, equivalent_keep_rates, resized_inputs
 from .runtime import resolve_device
 from .samplers import inference_sampler
@@ -79,14 +79,35 @@ def rate_context(model: nn.Module, rate: float, tokens: str = "sample"):
     return keep_rate(model, rate)
 
 
+def evaluate_at(model: nn.Module, batches: Batches, rate: float | None, *, seed: int = 0,
+                amp_dtype: torch.dtype | None = None, tokens: str = "sample") -> dict[str, float]:
+    """:func:`~vitpss.engine.evaluate` at keep rate ``rate`` with the random samplers' draw seeded.
+
+    Every sampler generator restarts from ``seed`` first, so the draw at a rate depends on the
+    checkpoint, data, batch size and seed only, not on what ran before: ``vitpss eval`` at ρ and
+    ``vitpss sweep``'s row for ρ give the same number. ``tokens="resize"``: the rate as a smaller
+    image (all of its patches).
+    """
+    for module in patch_samplers(model):
+        if module.generator is not None:
+            module.generator.manual_seed(seed)
+    device = next(model.parameters()).device
+    if rate is not None and check_token_mode(tokens) == "resize":
+        with resized_inputs(model, rate):
+            return evaluate(model, batches, device, amp_dtype=amp_dtype)
+    return evaluate(model, batches, device, keep_rate=rate, amp_dtype=amp_dtype)
+
+
 def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
                 timing_batch: torch.Tensor | None = None, warmup: int = 2, repeats: int = 5,
-                amp_dtype: torch.dtype | None = None, tokens: str = "sample") -> list[dict[str, float]]:
-    """One row per keep rate: ``keep_rate, acc1, acc5, images_per_s, gflops, tokens``.
+                amp_dtype: torch.dtype | None = None, seed: int = 0,
+                tokens: str = "sample") -> list[dict[str, float]]:
+    """One row per keep rate: ``keep_rate, acc1, acc5, loss, images_per_s, gflops, tokens``.
 
     ``timing_batch`` (default: the images of the first batch) is moved to the model's device
-    once and timed at every rate. GFLOPs are per image, forward only. ``tokens="resize"``
-    evaluates each rate as a smaller image instead of sampled patches.
+    once and timed at every rate. GFLOPs are per image, forward only. Accuracy as
+    :func:`evaluate_at` with ``seed``; ``tokens="resize"`` evaluates each rate as a smaller image
+    instead of sampled patches.
     """
     device = next(model.parameters()).device
     if timing_batch is None:
@@ -96,17 +117,13 @@ def sweep_model(model: nn.Module, batches: Batches, rates: Sequence[float], *,
     resize = tokens == "resize"
     rows = []
     for rate in speed:
-        if resize:
-            with resized_inputs(model, rate):
-                result = evaluate(model, batches, device, amp_dtype=amp_dtype)
-            equivalent = float(equivalent_keep_rates([rate], model.patch_embed.grid_size)[0])
-        else:
-            result = evaluate(model, batches, device, keep_rate=rate, amp_dtype=amp_dtype)
-            equivalent = rate
+        result = evaluate_at(model, batches, rate, seed=seed, amp_dtype=amp_dtype, tokens=tokens)
+        equivalent = (float(equivalent_keep_rates([rate], model.patch_embed.grid_size)[0]) if resize else rate)
         rows.append({
             "keep_rate": rate,
             "acc1": round(result["acc1"], 3),
             "acc5": round(result["acc5"], 3),
+            "loss": round(result["loss"], 4),
             "images_per_s": round(speed[rate], 1),
             "gflops": count_flops(model, equivalent, backward=False) / 1e9,
             "tokens": token_count(model, equivalent),
@@ -156,19 +173,22 @@ def display_images(inputs: torch.Tensor, dataset: Dataset) -> np.ndarray:
 
 
 def load_checkpoint(path: Path, *, data: str | None = None, batch_size: int | None = None,
-                    device: str | None = None, sampler: str | None = None,
-                    tokens: str | None = None) -> LoadedCheckpoint:
+                    device: str | None = None, sampler: str | None = None, workers: int | None = None,
+                    ema: bool = False, tokens: str | None = None) -> LoadedCheckpoint:
     """The model of a ``vitpss train`` checkpoint (file or run directory) and its validation data.
 
     ``data`` replaces the run's data source (same classes and image size expected); ``sampler``
-    the run's sampler; ``batch_size`` the run's batch size; ``tokens="resize"`` builds the model so
-    that it reads smaller images (any run of a timm ViT).
+    the run's sampler; ``batch_size`` the run's batch size; ``workers`` its loader workers;
+    ``ema=True`` loads the EMA weights; ``tokens="resize"`` builds the model so that it reads
+    smaller images (any run of a timm ViT). Only the validation split is read.
     """
     dev = resolve_device(device or "auto")
-    model, cfg = model_from_checkpoint(path, dev, tokens=tokens)
-    overrides = {k: v for k, v in (("data", data), ("batch_size", batch_size), ("sampler", sampler)) if v is not None}
+    model, cfg = model_from_checkpoint(path, dev, ema=ema, tokens=tokens)
+    overrides = {k: v for k, v in (("data", data), ("batch_size", batch_size), ("sampler", sampler),
+                                   ("workers", workers)) if v is not None}
     cfg = validate(from_dict(overrides, base=cfg, source="command line"))
-    _, val_ds, num_classes, _, _ = build_datasets(cfg if data is None else dataclasses.replace(cfg, num_classes=None))
+    _, val_ds, num_classes, _, _ = build_datasets(cfg if data is None else dataclasses.replace(cfg, num_classes=None),
+                                                  with_train=False)
     if num_classes != model.num_classes:
         raise UsageError(f"--data {cfg.data} has {num_classes} classes but the checkpoint's model predicts "
                          f"{model.num_classes}: use data with the classes the model was trained on")

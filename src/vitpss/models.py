@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .checkpoint import PRETRAIN_FORMAT, checkpoint_path, load_checkpoint, load_model_state
-from .config import DEFAULT_MODEL, MaskConfig, TrainConfig, from_dict, nearest, validate
+from .config import AUTO_MODEL, DEFAULT_MODEL, MODEL_OVERRIDES, MaskConfig, TrainConfig, from_dict, nearest, validate
 from .errors import UsageError
 from .patching import attach, supported_families
 from .simmim import SimMIM
@@ -109,7 +109,60 @@ def vitpss_tiny_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransfor
     return VisionTransformer(**{**args, **kwargs})
 
 
-MODEL_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "global_pool")
+
+
+#: ``--model auto`` on data other than mnist5k/synthetic: timm's ViT-Tiny width (192, 3 heads) at half its
+#: depth, average pooling, sized for the images (side and channels of the data, about AUTO_TOKENS patches).
+AUTO_BASE = {"model": "vit_tiny_patch16_224", "embed_dim": 192, "depth": 6, "num_heads": 3, "global_pool": "avg"}
+AUTO_TOKENS = 64
+
+
+def auto_patch_size(side: int, tokens: int = AUTO_TOKENS) -> int:
+    """The patch size dividing ``side`` whose ``(side / p)**2`` patches come nearest to ``tokens``."""
+    return min((p for p in range(1, side + 1) if side % p == 0), key=lambda p: (abs((side // p) ** 2 - tokens), -p))
+
+
+def resolve_auto_model(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``model="auto"`` replaced by a model for its data (other models: ``cfg`` unchanged).
+
+    mnist5k and synthetic data: :data:`DEFAULT_MODEL`. Otherwise :data:`AUTO_BASE` at the data's
+    image side (rounded down to a multiple of 8) and channels, with the patch size that gives about
+    :data:`AUTO_TOKENS` patches; model fields given in ``cfg`` win.
+    """
+    if cfg.model != AUTO_MODEL:
+        return cfg
+    from .data import data_image_shape
+
+    shape = data_image_shape(cfg.data)
+    if shape is None or cfg.data == "mnist5k":
+        return dataclasses.replace(cfg, model=DEFAULT_MODEL)
+    chans, side = shape
+    size = cfg.img_size or max(8, side // 8 * 8)
+    given = {k: v for k, v in AUTO_BASE.items() if k == "model" or getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **given, img_size=size, in_chans=cfg.in_chans or chans,
+                               patch_size=cfg.patch_size or auto_patch_size(size))
+
+
+def model_report(cfg: TrainConfig) -> list[str]:
+    """The first line of a run (model, image size, patch size, tokens) for a resolved ``cfg``, and a
+    second line when the data's images differ from the model's input (saying how they are adapted)."""
+    patches = (cfg.img_size // cfg.patch_size) ** 2
+    lines = [f"model {cfg.model}: {cfg.img_size} px, {cfg.in_chans} channel{'s' if cfg.in_chans > 1 else ''}, "
+             f"patch {cfg.patch_size}, {patches} patch tokens, width {cfg.embed_dim}, depth {cfg.depth}"]
+    from .data import data_image_shape
+
+    shape = data_image_shape(cfg.data)
+    if shape is not None and shape != (cfg.in_chans, cfg.img_size):
+        chans, side = shape
+        how = []
+        if side != cfg.img_size:
+            how.append(f"resized to {cfg.img_size} px")
+        if chans != cfg.in_chans:
+            how.append("converted to greyscale" if cfg.in_chans == 1 else f"converted to {cfg.in_chans} channels")
+        lines.append(f"note: the images of --data {cfg.data} are {side} px with {chans} channel"
+                     f"{'s' if chans > 1 else ''}; {cfg.model} takes {cfg.img_size} px with {cfg.in_chans}: "
+                     f"they are {' and '.join(how)}")
+    return lines
 
 
 def check_model_name(name: str) -> None:
@@ -126,8 +179,9 @@ def resolve_model_config(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every model field filled in from the model (built on the meta device: no memory).
 
     Raises UsageError for unknown or unsupported models, impossible overrides, and an image size
-    that the patch size does not divide.
+    that the patch size does not divide. ``model="auto"`` is resolved first (:func:`resolve_auto_model`).
     """
+    cfg = resolve_auto_model(cfg)
     with torch.device("meta"):
         model = build_model(cfg)
     embed = model.patch_embed
@@ -148,7 +202,9 @@ def build_model(cfg: TrainConfig, generator: Optional[torch.Generator] = None) -
     the model's own), ``drop_path_rate=cfg.drop_path``, ``num_classes=cfg.num_classes`` (default 10);
     ``cfg.tokens == "resize"`` adds timm's ``dynamic_img_size=True`` (the model reads smaller images).
     ``generator`` seeds the ``random`` sampler. Bad names/settings raise UsageError.
+    ``model="auto"`` is resolved first (:func:`resolve_auto_model`).
     """
+    cfg = resolve_auto_model(cfg)
     check_model_name(cfg.model)
     kwargs = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
     resize = cfg.tokens == "resize"

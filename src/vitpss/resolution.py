@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-#: How a keep rate becomes fewer tokens: drop patches (sample) or shrink the image (resize).
-TOKEN_MODES = ("sample", "resize")
+from .config import TOKEN_MODES
+
 
 
 def check_token_mode(mode: str) -> str:

@@ -17,6 +17,7 @@ Two families:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -64,6 +65,19 @@ class _RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def _check_step(self, step: int) -> None:
+        """ValueError below 0; one warning (per schedule) for a step past the run's end."""
+        if step < 0:
+            raise ValueError(f"step={step} is out of range: step must be >= 0")
+        if step >= self.total_steps and not getattr(self, "_warned_past_end", False):
+            object.__setattr__(self, "_warned_past_end", True)  # frozen dataclass: a flag, not a field
+            warnings.warn(f"keep-rate schedule asked for step {step}, past its end ({self.total_steps} steps): "
+                          f"it answers {self._end_rate():g} from here on; build it with the run's "
+                          f"steps_per_epoch and epochs", stacklevel=3)
+
+    def _end_rate(self) -> float:
+        return float(self.rates(np.array([self.total_steps - 1]))[0])
 
 
 @dataclass(frozen=True)
@@ -142,8 +156,7 @@ class KeepRateSchedule(_RunSummary):
         return self.low + (self.high - self.low) * progress
 
     def __call__(self, step: int) -> float:
-        if step < 0:
-            raise ValueError(f"step={step} is out of range: step must be >= 0")
+        self._check_step(step)
         return float(self.rates(np.array([step]))[0])
 
 @dataclass(frozen=True)
@@ -201,21 +214,21 @@ class PaperSchedule(_RunSummary):
         return round(5 * d) / 5
 
     def __call__(self, step: int) -> float:
-        if step < 0:
-            raise ValueError(f"step={step} is out of range: step must be >= 0")
+        self._check_step(step)
         return round(1.0 - self.drop_ratio(step), 10)
 
     def rates(self, steps: np.ndarray | None = None) -> np.ndarray:
         t = range(self.total_steps) if steps is None else np.asarray(steps).tolist()
-        return np.array([self(int(s)) for s in t], dtype=np.float64)
+        return np.array([round(1.0 - self.drop_ratio(int(s)), 10) for s in t], dtype=np.float64)
 
 def build_schedule(
     name: str,
     *,
     low: float = 0.2,
     high: float = 1.0,
-    steps_per_epoch: int = 1,
-    epochs: int = 1,
+    steps_per_epoch: int | None = None,
+    epochs: int | None = None,
+    total_steps: int | None = None,
     quantum: float = 0.2,
     cooldown_epochs: int = 0,
     period_steps: int | None = None,
@@ -223,9 +236,23 @@ def build_schedule(
 ) -> KeepRateSchedule:
     """Build a keep-rate schedule by name (``none``, ``fixed``, ``linear``, ``cosine``, ``cyclic``).
 
-    ``fixed`` runs at ``low`` throughout; ``max_steps`` ends the run inside its last epoch (see
-    :class:`KeepRateSchedule`). Raises ``ValueError`` naming any invalid parameter.
+    The run's length is required: ``steps_per_epoch`` and ``epochs``, or ``total_steps`` alone
+    (one "epoch" of that many steps: the cyclic period and ``cooldown_epochs`` then count it as
+    one). Without it a schedule would end at its first step; asked for a step past its end, a
+    schedule warns once. ``fixed`` runs at ``low`` throughout; ``max_steps`` ends the run inside its last
+    epoch (see :class:`KeepRateSchedule`). Raises ``TypeError`` when the
+    length is missing and ``ValueError`` naming any invalid parameter.
     """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+    if total_steps is not None:
+        if steps_per_epoch is not None or epochs is not None:
+            raise TypeError("build_schedule() takes either total_steps= or steps_per_epoch= and epochs=, not both")
+        steps_per_epoch, epochs = total_steps, 1
+    if steps_per_epoch is None or epochs is None:
+        missing = " and ".join(n for n, v in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs)) if v is None)
+        raise TypeError(f"build_schedule({name!r}) needs the run's length: pass steps_per_epoch=len(loader) and "
+                        f"epochs=E (or total_steps=N); missing {missing}")
     return KeepRateSchedule(name=name, low=low, high=high, steps_per_epoch=steps_per_epoch,
                             epochs=epochs, quantum=quantum, cooldown_epochs=cooldown_epochs,
                             period_steps=period_steps, max_steps=max_steps)

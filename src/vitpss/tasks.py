@@ -127,11 +127,11 @@ class ClassificationTask(Task):
             rates = equivalent_keep_rates(rates, model.patch_embed.grid_size)
         with torch.random.fork_rng(devices=[]):
             fraction = FlopModel(model).compute_fraction(rates)
-        return {"best_acc1": state.best_acc1, "best_epoch": state.best_epoch, "schedule": self.cfg.schedule,
+        return {"best_acc1": state.best_acc1, "best_epoch": state.best_epoch + 1 if state.best_epoch >= 0 else None, "schedule": self.cfg.schedule,
                 "sampler": self.cfg.sampler, "compute_fraction": fraction, "mean_keep_rate": schedule.mean_keep_rate()}
 
     def report(self, summary: dict[str, Any], out: Path) -> str:
-        return (f"acc1 {summary['acc1']:.2f}  best acc1 {summary['best_acc1']:.2f} (epoch {summary['best_epoch'] + 1})  "
+        return (f"acc1 {summary['acc1']:.2f}  best acc1 {summary['best_acc1']:.2f} (epoch {summary['best_epoch']})  "
                 f"training time {summary['train_time_s']:.1f} s  compute fraction {summary['compute_fraction']:.3f}"
                 f"\nrun directory: {out}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -43,7 +44,7 @@ from .budget import interpolated, measure_loader, rates_to_measure, solve_epochs
 from .data import build_datasets, build_loader
 from .engine import NonFiniteLossError, StepTimer, all_reduce_sum
 from .errors import UsageError
-from .models import resolve_model_config
+from .models import model_report, resolve_model_config
 from .optim import create_adamw
 from .patching import num_patches, patch_samplers, token_count
 from .resolution import model_patch_size, patches_at_rate, resize_to_rate, supports_resize
@@ -117,6 +118,11 @@ def _progress_enabled(cfg: TrainConfig, d: Dist) -> bool:
     return d.main and not cfg.quiet and sys.stderr.isatty()
 
 
+def _plain_progress_enabled(cfg: TrainConfig, d: Dist) -> bool:
+    """Progress as plain lines (at each log point) where stderr is no terminal: a log file gets no bar."""
+    return d.main and not cfg.quiet and not sys.stderr.isatty()
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -155,6 +161,21 @@ class PendingStep:
     images: int
 
 
+def upgrade_epoch_numbers(out: Path, steps_per_epoch: int) -> None:
+    """Rewrite the logs of a run begun when epochs were counted from 0 (val records without ``step``;
+    train records at ``epoch == step // steps_per_epoch``) to count from 1, so that a resumed run's
+    logs hold one convention. Logs that already count from 1 come out unchanged."""
+    val = read_jsonl(out / "val_log.jsonl") if (out / "val_log.jsonl").exists() else []
+    if any("step" not in r for r in val):
+        atomic_write_text(out / "val_log.jsonl", "".join(json.dumps(
+            r if "step" in r else {**r, "epoch": r["epoch"] + 1, "step": (r["epoch"] + 1) * steps_per_epoch})
+            + "\n" for r in val))
+    if (out / "train_log.jsonl").exists():
+        atomic_write_text(out / "train_log.jsonl", "".join(
+            json.dumps({**r, "epoch": r["step"] // steps_per_epoch + 1}) + "\n"
+            for r in read_jsonl(out / "train_log.jsonl")))
+
+
 class Trainer:
     """Holds the objects of one run; :meth:`run` is the epoch loop, :meth:`train_epoch` the steps. Built by :func:`train`."""
 
@@ -164,6 +185,8 @@ class Trainer:
         self.d, self.device = setup_distributed(cfg.device)
         enable_tf32(self.device)
         cfg = resolve_model_config(cfg)
+        if self.d.main:  # the run's first line: which model sees which images
+            print("\n".join(model_report(cfg)), flush=True)
         train_ds, val_ds, num_classes, _, _ = build_datasets(cfg)
         self.cfg = cfg = dataclasses.replace(task.resolve(cfg, num_classes), amp=resolve_amp(cfg.amp, self.device))
         self.amp_dtype, self.scaler = amp_settings(cfg.amp, self.device)
@@ -403,7 +426,7 @@ class Trainer:
                 self.write_records(records)
                 raise NonFiniteLossError(p.step, loss)
             step_time = max(step_time - p.late_data_time, 0.0)
-            records.append({"step": p.step, "epoch": p.epoch, "keep_rate": p.keep_rate, "tokens": p.tokens,
+            records.append({"step": p.step, "epoch": p.epoch + 1, "keep_rate": p.keep_rate, "tokens": p.tokens,
                             "loss": loss, "lr": p.lr, "step_time": step_time, "data_time": p.data_time,
                             "images": p.images, "cpu_time": p.cpu_time})
             st.train_time_s += step_time + p.data_time
@@ -440,11 +463,17 @@ class Trainer:
     def write_records(self, records: list[dict[str, Any]]) -> None:
         if self.train_log is not None and records:
             self.train_log.write_many(records)
-        if self.bar is not None and records:
+        if records and (self.bar is not None or _plain_progress_enabled(self.cfg, self.d)):
             last = records[-1]
             ips = last["images"] / max(last["step_time"] + last["data_time"], 1e-9)
-            self.bar.set_postfix(loss=f"{last['loss']:.3f}", keep=f"{last['keep_rate']:.2f}", img_s=f"{ips:.0f}",
-                                 refresh=False)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{last['loss']:.3f}", keep=f"{last['keep_rate']:.2f}", img_s=f"{ips:.0f}",
+                                     refresh=False)
+            else:
+                within = last["step"] + 1 - (last["epoch"] - 1) * self.steps_per_epoch
+                print(f"epoch {last['epoch']}/{self.cfg.epochs}  step {within}/{self.steps_per_epoch}  "
+                      f"loss {last['loss']:.3f}  keep {last['keep_rate']:.2f}  {ips:.0f} img/s", file=sys.stderr,
+                      flush=True)
 
     def open_logs(self, resuming: bool) -> None:
         self.train_log = self.val_log = None
@@ -454,7 +483,9 @@ class Trainer:
         if resuming:  # drop records past the checkpoint (written after it, before the interruption)
             step, epoch = self.state.step, self.state.step // self.steps_per_epoch
             truncate_jsonl(self.out / "train_log.jsonl", lambda r: r.get("step", -1) < step)
-            truncate_jsonl(self.out / "val_log.jsonl", lambda r: r.get("epoch", -1) < epoch)
+            truncate_jsonl(self.out / "val_log.jsonl", lambda r: r["step"] <= step if "step" in r
+                           else r.get("epoch", -1) < epoch)  # records before epochs counted from 1 had no step
+            upgrade_epoch_numbers(self.out, self.steps_per_epoch)
             st, source = self.state, Path(self.cfg.resume or "")
             if (self.cfg.resume and st.best_epoch >= 0 and step == (st.best_epoch + 1) * self.steps_per_epoch
                     and source.name != "best.pt"):
@@ -541,7 +572,7 @@ class Trainer:
     def end_epoch(self, epoch: int) -> None:
         """Validate (the task's way), log, write checkpoint.pt and (if the task scores) best.pt."""
         st = self.state
-        record = {"epoch": epoch, **self.task.validate(self.model, self.ema.module if self.ema is not None else None,
+        record = {"epoch": epoch + 1, "step": st.step, **self.task.validate(self.model, self.ema.module if self.ema is not None else None,
                                                        self.val_loader, self.device, self.amp_dtype),
                   "epoch_time": st.epoch_time_s}
         st.last_val = record
@@ -564,7 +595,7 @@ class Trainer:
         """Train to the end (or --max-steps); returns the summary, or None when stopped early."""
         start_epoch = self.state.step // self.steps_per_epoch
         for epoch in range(start_epoch, self.cfg.epochs):
-            if self.d.main and not self.cfg.quiet and sys.stderr.isatty():
+            if _progress_enabled(self.cfg, self.d):
                 self.bar = tqdm(total=self.steps_per_epoch, initial=self.state.step - epoch * self.steps_per_epoch,
                                 desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
             try:

@@ -150,5 +150,5 @@ def test_a_crash_between_the_max_steps_checkpoint_and_the_epoch_evaluation_loses
     finally:
         handle.remove()
     assert main(["train", "--resume", str(out)]) == 0
-    assert [r["epoch"] for r in read_jsonl(out / "val_log.jsonl")] == [0, 1, 2]
+    assert [r["epoch"] for r in read_jsonl(out / "val_log.jsonl")] == [1, 2, 3]
     assert_bitwise_equal(train_state(out, "best.pt"), train_state(reference_run, "best.pt"))

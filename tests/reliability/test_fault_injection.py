@@ -71,13 +71,13 @@ def test_runs_killed_at_five_random_points_resume_bitwise_identically(tmp_path, 
     stdout = kill_and_resume(run_dir, points)
     assert f"resuming from {run_dir}" in stdout, f"seed {seed}: {points}"
     assert_completed_like_reference(run_dir, reference_run)
-    assert [r["epoch"] for r in read_jsonl(run_dir / "val_log.jsonl")] == list(range(EPOCHS))
+    assert [r["epoch"] for r in read_jsonl(run_dir / "val_log.jsonl")] == list(range(1, EPOCHS + 1))  # epochs count from 1
 
 
 @pytest.mark.slow
 def test_kills_while_copying_best_and_writing_the_summary_leave_the_same_run_files(tmp_path, reference_run):
     run_dir = tmp_path / "run"
-    best_epoch_end = (json.loads((reference_run / "summary.json").read_text())["best_epoch"] + 1) * STEPS_PER_EPOCH
+    best_epoch_end = json.loads((reference_run / "summary.json").read_text())["best_epoch"] * STEPS_PER_EPOCH  # from 1
     kill_and_resume(run_dir, [("copy", best_epoch_end), ("summary", TOTAL)])  # the last copy to best.pt
     assert_completed_like_reference(run_dir, reference_run)
     assert_bitwise_equal(train_state(run_dir, "best.pt"), train_state(reference_run, "best.pt"))

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import sys
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -32,12 +31,13 @@ import yaml
 from torch import nn
 
 from ..budget import LoaderSpeed, measure_loader
-from ..config import TrainConfig, field_types, from_dict, load_config, schedule_from_config, validate
-from ..data import build_datasets, data_kind
+from ..config import TrainConfig, from_dict, load_config, schedule_from_config, validate
+from ..data import build_datasets, build_loader, data_kind
 from ..errors import UsageError
 from ..flops import FlopModel
 from ..models import build_model, resolve_model_config
 from .. import patching
+from .common import add_field_arguments
 from ..runtime import amp_settings, resolve_device
 from ..samplers import keep_count
 from ..schedules import KeepRateSchedule
@@ -229,23 +229,27 @@ def build_plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSched
     return schedule_from_config(cfg, steps_per_epoch)
 
 
-def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float] = None, measure: bool = True,
-              baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1,
+def make_plan(cfg: TrainConfig, *, steps_per_epoch: Optional[int] = None, budget: Optional[float] = None,
+              measure: bool = True, baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1,
               measure_data: bool = False, data_batches: int = 10) -> dict[str, Any]:
     """The plan of ``cfg``'s schedule over ``epochs x steps_per_epoch`` steps, as a JSON-ready dict.
 
-    ``measure_data`` (with ``measure``) also times ``cfg``'s training data pipeline
-    (:func:`measure_loader`) and bounds each step by it.
+    ``steps_per_epoch`` None: counted from ``cfg``'s training data as ``vitpss train`` counts it
+    (batches of ``batch_size`` per epoch over ``accum_steps``). ``measure_data`` (with ``measure``)
+    also times ``cfg``'s training data pipeline (:func:`measure_loader`) and bounds each step by it.
     """
-    schedule = build_plan_schedule(cfg, steps_per_epoch)
     device = resolve_device(cfg.device)
     amp_dtype, _ = amp_settings(cfg.amp, device)
-    loader = None
-    if measure and measure_data:
-        cfg = resolve_model_config(cfg)  # the image size and channels that the data is prepared for
+    cfg = resolve_model_config(cfg)  # the model "auto" names, and the image size the data is prepared for
+    loader, counted = None, steps_per_epoch is None
+    if counted or (measure and measure_data):
         train_ds, _, num_classes, _, _ = build_datasets(cfg)
         cfg = dataclasses.replace(cfg, num_classes=num_classes)
-        loader = measure_loader(train_ds, cfg, device, batches=data_batches)
+        if counted:
+            steps_per_epoch = max(1, len(build_loader(train_ds, cfg, True, device=device)) // cfg.accum_steps)
+        if measure and measure_data:
+            loader = measure_loader(train_ds, cfg, device, batches=data_batches)
+    schedule = build_plan_schedule(cfg, steps_per_epoch)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     flop_model = FlopModel(model)
@@ -286,7 +290,7 @@ def make_plan(cfg: TrainConfig, *, steps_per_epoch: int, budget: Optional[float]
     return {
         "model": cfg.model, "batch_size": cfg.batch_size, "device": str(device), "amp": cfg.amp,
         "threads": torch.get_num_threads() if device.type == "cpu" else None, "sampler": cfg.sampler,
-        "num_patches": n, "total_steps": schedule.total_steps,
+        "num_patches": n, "total_steps": schedule.total_steps, "steps_per_epoch_counted": counted,
         "schedule": schedule.to_dict(), "levels": levels, "shares_nearest": rows != grid_rates(schedule.quantum),
         "measured_tokens": sorted(flop_model.num_prefix_tokens + c for c in times.measured) if times else [],
         "distinct_rates": int(len(np.unique(rates))),
@@ -306,7 +310,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     where = f"{plan['device']}" + (f", {plan['threads']} threads" if plan["threads"] else "")
     lines = [f"plan: {plan['model']}, batch {plan['batch_size']}, {where}, amp {plan['amp']}, sampler {plan['sampler']}",
              f"schedule: {as_flags(schedule_settings(KeepRateSchedule(**s)))} over {s['epochs']} epochs x "
-             f"{s['steps_per_epoch']} steps",
+             f"{s['steps_per_epoch']} steps" + (" (counted from the data)" if plan.get("steps_per_epoch_counted") else ""),
              "",
              f"{'keep rate':>9} {'tokens':>6} {'GFLOPs/img':>10} {'step (ms)':>9} {'vs 1.0':>6} {'share':>6}"
              + (f" {'+data (ms)':>10} {'wait':>5}" if plan["data"] else "")]
@@ -353,22 +357,22 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("plan", help="predict the compute and time of a schedule before training",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("plan", description="What a keep-rate schedule will cost on a model, before "
+                              "training: tokens, FLOPs and measured step time per keep rate; the schedule's compute "
+                              "and time fraction; with data, the loader's speed.")
     p.add_argument("--config", metavar="FILE.yaml", help="a vitpss train config; flags override it")
-    types, fields = field_types(), {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name in PLAN_FIELDS:
-        shown = "model's" if fields[name].default is None else fields[name].default
-        p.add_argument("--" + name.replace("_", "-"), type=types[name][0], default=argparse.SUPPRESS,
-                       metavar=name.upper(), help=f"{fields[name].metadata['help']} (default: {shown})")
-    p.add_argument("--steps-per-epoch", type=int, required=True, help="training steps per epoch (len(loader))")
-    p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this")
-    p.add_argument("--baseline-hours", type=float, help="hours of the same run with all patches")
+    add_field_arguments(p, PLAN_FIELDS)
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="training steps per epoch (default: counted from the data and --batch-size for one process, as vitpss "
+                        "train would)")
+    p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this "
+                   "(default: no budget)")
+    p.add_argument("--baseline-hours", type=float, help="hours of the same run with all patches (default: none)")
     p.add_argument("--no-measure", action="store_true", help="skip the step-time calibration (FLOPs only)")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate (median; default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per keep rate first (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate, median (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per keep rate first (default: 1)")
     p.add_argument("--data-batches", type=int, default=10,
-                   help="batches timed from the data loader when --data is given (default 10)")
+                   help="batches timed from the data loader when --data is given (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
 
@@ -377,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in PLAN_FIELDS}
     base = load_config(args.config) if args.config else TrainConfig()
     cfg = validate(from_dict(given, base=base, source="command line"))
-    if args.steps_per_epoch < 1:
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         raise UsageError(f"--steps-per-epoch={args.steps_per_epoch} is out of range: it must be >= 1")
     if args.repeats < 1 or args.warmup < 0 or args.data_batches < 1:
         raise UsageError("--repeats and --data-batches must be >= 1 and --warmup >= 0")

@@ -16,9 +16,8 @@ from ..figures import (
     plot_sweep, plot_train_time, run_schedule_curve, schedule_curve,
 )
 from ..figures_pretrain import plot_reconstructions
-from ..samplers import SAMPLERS
 from ..schedules import PAPER_SCHEDULES, SCHEDULES
-from .common import parse_rates
+from .common import add_checkpoint_options, add_common_options, parse_rates
 
 Draw = Callable[[argparse.Namespace], None]
 _FIGURES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Draw]]] = {}
@@ -61,17 +60,21 @@ def _schedule_command(p: argparse.ArgumentParser) -> Draw:
                         "repeatable to overlay; e.g. fixed:low=0.6 or paper-cyclic:end_drop=0")
     p.add_argument("--run", action="append", default=[], type=Path, metavar="DIR",
                    help="a run directory: plot the keep rates it logged (repeatable)")
-    p.add_argument("--low", type=float, default=0.2)
-    p.add_argument("--high", type=float, default=1.0)
-    p.add_argument("--quantum", type=float, default=0.2)
-    p.add_argument("--cooldown-epochs", type=int, default=0)
-    p.add_argument("--start-drop", type=float, default=0.8, help="paper schedules: first drop ratio")
-    p.add_argument("--end-drop", type=float, default=-0.1, help="paper schedules: last drop ratio")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--steps-per-epoch", type=int, default=2502, help="default: ImageNet at batch 512")
-    p.add_argument("--epoch", type=int, default=0, help="the epoch shown in the right panel")
-    p.add_argument("--model", default=None,
-                   help="timm model name: adds each schedule's training compute fraction (FLOPs) to the legend")
+    p.add_argument("--low", type=float, default=0.2, help="lowest keep rate (default: %(default)s)")
+    p.add_argument("--high", type=float, default=1.0, help="highest keep rate (default: %(default)s)")
+    p.add_argument("--quantum", type=float, default=0.2, help="round keep rates to multiples of this (default: "
+                   "%(default)s)")
+    p.add_argument("--cooldown-epochs", type=int, default=0, help="last epochs with all patches (default: %(default)s)")
+    p.add_argument("--start-drop", type=float, default=0.8, help="paper schedules: first drop ratio (default: "
+                   "%(default)s)")
+    p.add_argument("--end-drop", type=float, default=-0.1, help="paper schedules: last drop ratio (default: "
+                   "%(default)s)")
+    p.add_argument("--epochs", type=int, default=100, help="epochs of the run (default: %(default)s)")
+    p.add_argument("--steps-per-epoch", type=int, default=2502, help="steps per epoch (default: 2502, ImageNet "
+                   "at batch 512)")
+    p.add_argument("--epoch", type=int, default=1, help="the epoch shown in the right panel, counted from 1 (default: 1)")
+    p.add_argument("--model", default=None, help="timm model name: adds each schedule's training compute "
+                   "fraction (FLOPs) to the legend (default: none)")
 
     def draw(args: argparse.Namespace) -> None:
         if not args.schedule and not args.run:
@@ -101,7 +104,7 @@ def _flop_model(name: str):
 @figure("train-time", "per-iteration training step time over one epoch, coloured by keep rate")
 def _train_time_command(p: argparse.ArgumentParser) -> Draw:
     p.add_argument("run_dir", nargs="+", type=Path, help="run directories (one panel each)")
-    p.add_argument("--epoch", type=int, default=None, help="epoch to show (default: the second)")
+    p.add_argument("--epoch", type=int, default=None, help="epoch to show, counted from 1 (default: the second, or the only one)")
     return lambda args: plot_train_time(args.run_dir, args.output, epoch=args.epoch)
 
 
@@ -125,12 +128,9 @@ def _sweep_command(p: argparse.ArgumentParser) -> Draw:
     return draw
 
 
-def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="patch sampler (default: the one the run trained with)")
-    p.add_argument("--data", default=None, help="validation data (default: the run's data)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+def _checkpoint_arguments(p: argparse.ArgumentParser, options: tuple[str, ...] = ("device", "sampler")) -> None:
+    add_checkpoint_options(p)
+    add_common_options(p, options, defaults={"device": "auto"}, shown={"sampler": "the run's", "batch_size": "the run's"})
 
 
 @figure("patches", "validation images with dropped patches greyed out, one column per keep rate")
@@ -156,10 +156,9 @@ def _patches_command(p: argparse.ArgumentParser) -> Draw:
 
 @figure("patch-frequency", "heat map of how often each patch position is kept over the validation set")
 def _patch_frequency_command(p: argparse.ArgumentParser) -> Draw:
-    _checkpoint_arguments(p)
+    _checkpoint_arguments(p, ("device", "sampler", "batch_size"))
     p.add_argument("--keep-rates", "--keep-rate", dest="keep_rates", type=parse_rates, required=True,
                    metavar="R[,R...]", help="comma-separated keep rates; one heat map each")
-    p.add_argument("--batch-size", type=int, default=None)
 
     def draw(args: argparse.Namespace) -> None:
         from ..inference import load_checkpoint

@@ -2,7 +2,7 @@
 
 For each keep rate: top-1/top-5 accuracy on the validation data, throughput of the model alone and
 GFLOPs per image of the forward. Writes ``sweep.json`` (rows
-``{keep_rate, acc1, acc5, images_per_s, gflops}``, plus ``tokens`` per image) and ``sweep.png``.
+``{keep_rate, acc1, acc5, images_per_s, gflops}``, plus ``tokens`` per image and the mean ``loss``) and ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -11,16 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from ..checkpoint import atomic_write_json, checkpoint_path
 from ..errors import UsageError
-from ..figures import plot_sweep
-from ..inference import load_checkpoint, sweep_model
-from ..runtime import amp_settings
-from ..resolution import TOKEN_MODES
-from ..samplers import SAMPLERS
-from .common import add_amp_argument, parse_rates
+from ..config import TOKEN_MODES
+from .common import add_checkpoint_options, add_common_options, check_common_options, parse_rates
 
 DEFAULT_RATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 def format_table(rows: Sequence[dict[str, float]]) -> str:
@@ -36,45 +29,45 @@ def format_table(rows: Sequence[dict[str, float]]) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "sweep", help="accuracy, throughput and GFLOPs of one checkpoint at many keep rates",
+        "sweep",
         description="Dynamic inference: evaluate a checkpoint at several keep rates; writes sweep.json "
-                    "and sweep.png (default: beside the checkpoint) and prints a table.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
+                    "and sweep.png (default: beside the checkpoint) and prints a table. Each row's accuracy is "
+                    "what 'vitpss eval --keep-rate' gives at that rate (same seeded draw).")
+    add_checkpoint_options(p)
     p.add_argument("--keep-rates", type=parse_rates, default=list(DEFAULT_RATES),
-                   help="comma-separated keep rates (default 1.0,0.9,...,0.2)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="patch sampler at inference (default: the run's; gumbel-magnitude runs use magnitude)")
+                   help="comma-separated keep rates (default: 1.0,0.9,...,0.2)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="directory for sweep.json and sweep.png (default: the checkpoint's)")
     p.add_argument("--tokens", choices=list(TOKEN_MODES), default=None,
-                   help="how a keep rate gives fewer tokens: sample (drop patches) or resize (a smaller image); "
-                        "default: the run's")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="evaluation and timing batch size (default: the run's batch size)")
-    p.add_argument("--data", default=None, help="validation data (default: the run's data)")
-    p.add_argument("--output", type=Path, default=None, help="directory for sweep.json and sweep.png")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; on a busy shared CPU, 1 times steadier)")
-    add_amp_argument(p)
-    p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate (median)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed passes first")
+                   help="how a keep rate gives fewer tokens: sample (drop patches) or resize (a smaller image, all "
+                        "of its patches; any timm ViT run) (default: the run's)")
+    add_common_options(p, defaults={"device": "auto", "amp": "auto"},
+                       shown={"sampler": "the run's; gumbel-magnitude runs use magnitude",
+                              "batch_size": "the run's", "workers": "the run's"})
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per keep rate, median (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default: 2)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    import torch
+
+    from ..checkpoint import atomic_write_json, checkpoint_path
+    from ..figures import plot_sweep
+    from ..inference import load_checkpoint, sweep_model
+    from ..runtime import amp_settings
+
+    check_common_options(args)
     if args.repeats < 1 or args.warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     checkpoint = checkpoint_path(args.checkpoint)
     loaded = load_checkpoint(checkpoint, data=args.data, batch_size=args.batch_size, device=args.device,
-                             sampler=args.sampler, tokens=args.tokens)
+                             sampler=args.sampler, workers=args.workers, tokens=args.tokens)
     amp_dtype, _ = amp_settings(args.amp, loaded.device)
     rows = sweep_model(loaded.model, loaded.val_loader, args.keep_rates, warmup=args.warmup,
-                       repeats=args.repeats, amp_dtype=amp_dtype, tokens=loaded.cfg.tokens)
+                       repeats=args.repeats, amp_dtype=amp_dtype, seed=loaded.cfg.seed, tokens=loaded.cfg.tokens)
     out_dir = args.output or checkpoint.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "sweep.json", rows)

@@ -52,7 +52,7 @@ from .hf import HFImages
 from .loader import EpochSampler, build_loader, default_workers
 from .shards import ShardImages, index_shards, shard_paths
 from .sources import (CIFAR10_CLASSES, DATA_DEFAULTS, IMG_EXTENSIONS, MNIST_FILE, MNIST_MEAN, MNIST_STD,
-                      MNIST_TRAIN_SIZE, ArrayImages, FolderImages, SyntheticImages, data_kind, decode_folder,
+                      MNIST_TRAIN_SIZE, ArrayImages, FolderImages, SyntheticImages, data_image_shape, data_kind, decode_folder,
                       default_data_root, image_sizes, load_cifar10, load_mnist5k, per_class_subset,
                       scan_image_folder, to_channels, to_uint8_tensor)
 from ..seeding import seeded_rng, seeded_uniforms  # re-exported: older code imports them from here
@@ -61,7 +61,7 @@ __all__ = [
     "CIFAR10_CLASSES", "DATA_DEFAULTS", "IMG_EXTENSIONS", "IN_MEMORY_LIMIT_BYTES", "MNIST_FILE", "MNIST_MEAN",
     "MNIST_STD", "MNIST_TRAIN_SIZE", "RANDAUG_ERASE_PROBABILITY", "ArrayImages", "BatchPadCrop",
     "BatchRandomResizedCrop", "DeviceDecode", "EncodedImages", "EpochSampler", "HFImages", "ShardImages", "FolderImages", "InMemoryDataset", "SyntheticImages",
-    "TensorRandAugment", "TransformedDataset", "build_datasets", "build_loader", "build_transform", "data_kind",
+    "TensorRandAugment", "TransformedDataset", "build_datasets", "build_loader", "build_transform", "data_image_shape", "data_kind",
     "decode_folder", "default_data_root", "default_workers", "hflip_probability", "image_sizes", "index_shards", "light_crop",
     "load_cifar10", "load_mnist5k", "per_class_subset", "scan_image_folder", "seeded_rng", "seeded_uniforms", "shard_paths",
     "to_channels", "to_uint8_tensor",

@@ -122,13 +122,19 @@ def _disk_sources(cfg: TrainConfig, kind: str, in_chans: int) -> tuple[list[str]
     return classes, sources[0], sources[1]
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
+def build_datasets(cfg: TrainConfig, *, with_train: bool = True) -> tuple[Dataset | None, Dataset, int, int, int]:
     """``(train_ds, val_ds, num_classes, in_chans, img_size)`` for ``cfg.data``.
 
     Images are prepared for ``cfg.in_chans`` channels and ``cfg.img_size`` pixels, or, where those
     are ``None``, for the data's own defaults (:data:`DATA_DEFAULTS`), which are returned. Datasets
-    yield ``(image tensor, label)``. Bad data raises UsageError.
+    yield ``(image tensor, label)``. Bad data raises UsageError. ``with_train=False`` (evaluation
+    only) returns ``None`` for ``train_ds`` and decodes no training image.
     """
+    train_ds, *rest = _build_datasets(cfg, with_train)
+    return (train_ds if with_train else None, *rest)
+
+
+def _build_datasets(cfg: TrainConfig, with_train: bool) -> tuple[Dataset, Dataset, int, int, int]:
     kind = data_kind(cfg.data)
     default_chans, default_size = DATA_DEFAULTS[kind]
     in_chans = cfg.in_chans or default_chans
@@ -162,8 +168,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int, int]:
         classes, train_src, val_src = _disk_sources(cfg, kind, in_chans)
         if kind == "folder" and _folder_in_memory(cfg, train_src.samples + val_src.samples, in_chans):
             progress = not cfg.quiet
-            memory = ((decode_folder(train_src, "decoding train/", progress), np.asarray([y for _, y in train_src.samples])),
-                      (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_src.samples])))
+            train_memory = ((decode_folder(train_src, "decoding train/", progress),
+                             np.asarray([y for _, y in train_src.samples])) if with_train else None)
+            val_memory = (decode_folder(val_src, "decoding val/", progress), np.asarray([y for _, y in val_src.samples]))
+            memory = (train_memory or val_memory, val_memory)  # without train/: val/ stands in, then is dropped
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UsageError(f"--num-classes={cfg.num_classes} but --data {cfg.data} has {len(classes)} classes: "
                          f"drop --num-classes (it is read from the data)")

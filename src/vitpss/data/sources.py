@@ -33,6 +33,25 @@ DATA_DEFAULTS = {"mnist5k": (1, 28), "synthetic": (3, 224), "cifar10": (3, 32), 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+def data_image_shape(data: str) -> tuple[int, int] | None:
+    """``(channels, side)`` of the data's own images: a source's defaults, or for an ImageFolder a
+    look at a few training images (2 of each of the first 8 classes): 3 channels if any is in
+    colour, else 1; the first one's shorter side. None for ``synthetic`` (made at the model's size)
+    and a folder without a readable image."""
+    kind = data_kind(data)
+    if kind != "folder":
+        return None if kind == "synthetic" else DATA_DEFAULTS[kind]
+    train = Path(data) / "train"
+    shapes = []
+    for class_dir in (sorted(train.iterdir()) if train.is_dir() else [])[:8]:
+        paths = sorted(p for p in class_dir.iterdir()  # regular files only: opening a FIFO would block
+                       if p.name.lower().endswith(IMG_EXTENSIONS) and p.is_file()) if class_dir.is_dir() else []
+        for path in paths[:2]:
+            with contextlib.suppress(Exception), Image.open(path) as img:
+                shapes.append((1 if len(img.getbands()) == 1 and img.mode != "P" else 3, min(img.size)))
+    return (max(c for c, _ in shapes), shapes[0][1]) if shapes else None
+
+
 def data_kind(data: str) -> str:
     """``mnist5k``, ``synthetic``, ``cifar10``, ``wds`` (WebDataset shards: ``wds/DIR``, or a folder with
     ``train-*.tar``), ``hf`` (Hugging Face: ``hfds/NAME``, or a folder with ``dataset_dict.json``) or
@@ -244,6 +263,9 @@ def decode_folder(images: FolderImages, desc: str, progress: bool = True) -> tor
     :class:`FolderImages`). The images must all have one size."""
     from tqdm import tqdm
 
+    if progress and not sys.stderr.isatty():  # a log file: one plain line, not a bar's carriage returns
+        print(f"{desc} {len(images)} images", file=sys.stderr, flush=True)
+        progress = False
     arrays = [np.asarray(images[i][0]) for i in tqdm(range(len(images)), desc=desc, disable=not progress,
                                                       unit="img", leave=False, mininterval=1.0)]
     return to_uint8_tensor(np.stack(arrays), images.in_chans)

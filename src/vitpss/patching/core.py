@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import inspect
 from typing import Any, Callable, Iterator, Optional
 
@@ -156,7 +157,9 @@ def _samplers_or_raise(model: nn.Module) -> list[PatchSampler]:
 
 
 def check_keep_rate(rate: float) -> float:
-    """``rate`` as a float; ValueError unless it is in (0, 1]."""
+    """``rate`` as a float; TypeError unless it is a real number, ValueError unless it is in (0, 1]."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise TypeError(f"keep_rate={rate!r} is not a number: give a float in (0, 1], e.g. 0.5")
     rate = float(rate)
     if not 0 < rate <= 1:
         raise ValueError(f"keep_rate={rate!r} is out of range: keep_rate must be in (0, 1]")
@@ -181,7 +184,14 @@ def set_sampler(model: nn.Module, sampler: str) -> None:
 
 
 def get_keep_indices(model: nn.Module) -> Optional[torch.Tensor]:
-    """Patch indices kept by the last forward, ``(B, num_keep)``, or ``None`` if all were kept."""
+    """Patch indices kept by the last forward, ``(B, num_keep)``; ``None`` when nothing was dropped.
+
+    ``None`` before the first forward and after a forward that kept every patch: keep rate 1, a
+    rate whose keep count rounds to all patches, or eval mode without an inference keep rate.
+    As timm's ``PatchDropout`` (``keep_indices is None`` = no gather), so no index tensor is built
+    for the all-patch steps; where all indices are wanted, use
+    ``torch.arange(num_patches).expand(B, -1)`` on ``None``.
+    """
     return _samplers_or_raise(model)[0].keep_indices
 
 
