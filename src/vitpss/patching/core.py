@@ -15,7 +15,6 @@ The rule for which rate applies:
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 from typing import Any, Callable, Iterator, Optional
 
@@ -226,26 +225,73 @@ def check_full_grid(module: nn.Module, what: str, way_out: str) -> None:
                          f"at keep rate {rate}: {way_out}")
 
 
-def _forward_intermediates_checked(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The class's ``forward_intermediates``, refusing a grid (NCHW) output when patches are dropped."""
-    stock = type(module).forward_intermediates
-    call = inspect.signature(stock).bind(module, *args, **kwargs)
-    call.apply_defaults()
-    if call.arguments.get("output_fmt") == "NCHW":
-        check_full_grid(module, "forward_intermediates(output_fmt='NCHW')",
-                        "pass output_fmt='NLC' or use vitpss.keep_rate(model, 1.0)")
-    return stock(module, *args, **kwargs)
+class Patched:
+    """Base of the mixins that :func:`patch_class` puts in front of a module's own class.
+
+    The one way vitpss changes a method of a model: the module's class is swapped for a subclass
+    ``(Mixin, OwnClass)`` built once per pair (as ``torch.nn.utils.parametrize`` does), so the
+    instance holds no bound method or partial of itself. The model then pickles (``torch.save``,
+    ``mp.spawn``, ``ddp_spawn``) and deep-copies, and ``del model`` frees it without the cyclic
+    garbage collector. A user subclass keeps its own overrides below the mixin's.
+    """
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # the built class is not importable by name: pickle its mixins and own class instead
+        reduced = super().__reduce_ex__(protocol)
+        cls = type(self)
+        return (_new_patched, (cls._patch_mixins, cls._patch_base)) + tuple(reduced[2:])
 
 
-def guard_grid_intermediates(module: nn.Module) -> None:
-    """Make ``module.forward_intermediates`` raise ValueError for a grid output below keep rate 1.
+_PATCHED_CLASSES: dict[tuple[tuple[type, ...], type], type] = {}
+
+
+def patched_class(mixins: tuple[type, ...], base: type) -> type:
+    """The class ``(*mixins, base)`` that :func:`patch_class` gives a ``base`` instance (built once)."""
+    cls = _PATCHED_CLASSES.get((mixins, base))
+    if cls is None:
+        namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__,
+                     "_patch_mixins": mixins, "_patch_base": base}
+        cls = _PATCHED_CLASSES[mixins, base] = type(base.__name__, (*mixins, base), namespace)
+    return cls
+
+
+def _new_patched(mixins: tuple[type, ...], base: type) -> Any:
+    """Unpickling: an empty instance of the patched class; pickle then restores its ``__dict__``."""
+    return object.__new__(patched_class(mixins, base))
+
+
+def patch_class(module: nn.Module, mixin: type) -> None:
+    """Give ``module`` the methods of ``mixin`` (a :class:`Patched` subclass) in place; no-op if it has them."""
+    if isinstance(module, mixin):
+        return
+    cls = type(module)
+    mixins, base = cls.__dict__.get("_patch_mixins", ()), cls.__dict__.get("_patch_base", cls)
+    module.__class__ = patched_class((mixin, *mixins), base)
+
+
+class GuardGridIntermediates(Patched):
+    """``forward_intermediates`` that raises ValueError for a grid (NCHW) output below keep rate 1.
 
     timm-style ``forward_intermediates(output_fmt="NCHW")`` reshapes the patch tokens into the
     grid; with fewer tokens that fails or, when the numbers happen to divide, returns a tensor of
     the wrong shape. NLC output and keep rate 1 run the stock method unchanged.
     """
-    # a partial, not a bound method, so that the model still pickles
-    module.forward_intermediates = functools.partial(_forward_intermediates_checked, module)
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any) -> Any:
+        stock = super().forward_intermediates  # type: ignore[misc]
+        call = inspect.signature(stock).bind(*args, **kwargs)
+        call.apply_defaults()
+        if call.arguments.get("output_fmt") == "NCHW":
+            check_full_grid(self, "forward_intermediates(output_fmt='NCHW')",  # type: ignore[arg-type]
+                            "pass output_fmt='NLC' or use vitpss.keep_rate(model, 1.0)")
+        return stock(*args, **kwargs)
+
+
+def guard_grid_intermediates(module: nn.Module) -> None:
+    """Make ``module.forward_intermediates`` refuse a grid output below keep rate 1
+    (:class:`GuardGridIntermediates`); modules without the method are left alone."""
+    if callable(getattr(type(module), "forward_intermediates", None)):
+        patch_class(module, GuardGridIntermediates)
 
 
 __all__ = [
