@@ -129,3 +129,33 @@ class Doubled(timm.models.vision_transformer.VisionTransformer):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return 2 * super().forward_head(x, pre_logits)
+
+
+def cuda_like_rand(monkeypatch) -> None:
+    """torch.rand that refuses a generator of another device, as it does for a CPU generator and CUDA tensors."""
+    rand = torch.rand
+
+    def checked(*size, device=None, generator=None, **kwargs):
+        if generator is not None and torch.device(device or "cpu") != generator.device:
+            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found "
+                               f"'{generator.device.type}'")
+        return rand(*size, device=device, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", checked)
+
+
+@pytest.mark.parametrize("sampler", ["random", "gumbel-magnitude"])
+@pytest.mark.parametrize("drawn", ["in_the_forward", "ahead"])
+def test_a_cpu_generator_keeps_working_when_the_tokens_are_on_another_device(monkeypatch, sampler, drawn):
+    # attach(model, generator=torch.Generator()) then model.cuda(): here "meta" stands in for the GPU
+    cuda_like_rand(monkeypatch)
+    generator, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    module = vitpss.PatchSampler(sampler, 1, generator).train()
+    module.train_keep_rate = 0.5
+    x = torch.randn(2, 17, 8, device="meta")
+    if drawn == "ahead":  # what the timm models' pre-hook does
+        module.draw_noise(2, 16, x.device)
+    out = module(x)
+    assert out.shape == (2, 9, 8) and out.device.type == "meta" and module.keep_indices.device.type == "meta"
+    torch.rand(2, 16, generator=reference)  # the same draw, made on the generator's device
+    assert torch.equal(generator.get_state(), reference.get_state())
