@@ -121,11 +121,13 @@ class _RelPosAttention(torch.autograd.Function):
         grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for c in _batch_chunks(q, k):
             qc, kc, vc, go = q[c], k[c], v[c], grad_out[c]
-            logits = torch.matmul(qc, kc.transpose(-2, -1)).float().mul_(scale)
+            # the logits and dP in float32, as the forward's fused kernel accumulates them: under AMP a
+            # bf16/fp16 product would round them before the softmax (inputs upcast exactly)
+            logits = torch.matmul(qc.float(), kc.float().transpose(-2, -1)).mul_(scale)
             logits += gather_rel_pos_bias(table, pair_index[c])
             probs = logits.softmax(dim=-1)
             del logits
-            grad_logits = torch.matmul(go, vc.transpose(-2, -1)).float().sub_(delta[c]).mul_(probs)
+            grad_logits = torch.matmul(go.float(), vc.float().transpose(-2, -1)).sub_(delta[c]).mul_(probs)
             grad_v = torch.matmul(probs.to(dtype).transpose(-2, -1), go)
             del probs
             if ctx.needs_input_grad[3]:
