@@ -159,3 +159,18 @@ def test_a_cpu_generator_keeps_working_when_the_tokens_are_on_another_device(mon
     assert out.shape == (2, 9, 8) and out.device.type == "meta" and module.keep_indices.device.type == "meta"
     torch.rand(2, 16, generator=reference)  # the same draw, made on the generator's device
     assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_data_parallel_replication_is_refused_in_one_line(monkeypatch):
+    # nn.DataParallel with several GPUs (what HF Trainer does without torchrun) replicates the model per GPU;
+    # here the broadcast is faked so that replicate runs on CPU
+    import importlib
+
+    replicate = importlib.import_module("torch.nn.parallel.replicate")
+    monkeypatch.setattr(replicate, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False: [list(tensors) for _ in devices])
+    model = vitpss.attach(timm_model("vit_tiny_patch16_224"))
+    with pytest.raises(RuntimeError, match=r"^vitpss patch sampling does not support nn.DataParallel: run one "
+                                           r"process per GPU with torchrun [^\n]*$"):
+        replicate.replicate(model, [0, 1])
+    assert len(replicate.replicate(timm_model("vit_tiny_patch16_224"), [0, 1])) == 2  # the fake works unattached

@@ -103,6 +103,12 @@ class PatchSampler(nn.Module):
             x = gather_tokens(x, self.num_prefix_tokens, self.keep_indices)
         return (x, self.keep_indices) if self.return_indices else x
 
+    def _replicate_for_data_parallel(self) -> "PatchSampler":
+        # nn.DataParallel copies modules per GPU and runs them in threads: the noise drawn ahead, the
+        # kept indices and the generator's draw order would not be per replica
+        raise RuntimeError("vitpss patch sampling does not support nn.DataParallel: run one process per GPU with "
+                           "torchrun (DistributedDataParallel), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
+
     def extra_repr(self) -> str:
         return (f"sampler={self.sampler!r}, num_prefix_tokens={self.num_prefix_tokens}, "
                 f"num_patches={self.num_patches}, train_keep_rate={self.train_keep_rate}, "
