@@ -10,7 +10,8 @@ tower is left alone. No parameters or buffers are added and at a keep rate of 1 
 runs, so ``state_dict`` keys and outputs are those of the unmodified model.
 
 ``forward_intermediates(output_fmt="NCHW")`` folds the tokens back into the patch grid and
-raises :class:`ValueError` at a keep rate below 1 (``output_fmt="NLC"`` works at any rate).
+raises :class:`ValueError` at a keep rate below 1 (``output_fmt="NLC"`` works at any rate); towers
+without the method (open_clip 2.24-2.30) are left without it.
 
 This module never imports ``open_clip`` unless the user already has.
 """
