@@ -321,3 +321,29 @@ def test_attached_beit_at_rate_one_runs_the_installed_timms_forward_not_a_copy(m
     patched = vitpss.attach(copy.deepcopy(plain)).train()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(plain(x), patched(x))
+
+
+class SubclassedViT(timm.models.vision_transformer.VisionTransformer):
+    """A user's ViT subclass with a family of its own."""
+
+
+@pytest.mark.parametrize("priority", [0, 5])
+def test_a_family_registered_for_a_vit_subclass_takes_precedence_over_the_built_in_one(monkeypatch, priority):
+    from vitpss.patching import core
+
+    monkeypatch.setattr(core, "_FAMILIES", list(core._FAMILIES))
+    installed = []
+    vitpss.patching.register_family("user ViT subclass", lambda m: isinstance(m, SubclassedViT),
+                                    lambda m, sampler, generator: installed.append(type(m).__name__), priority)
+    vitpss.attach(SubclassedViT(**TINY))
+    assert installed == ["SubclassedViT"]
+    assert isinstance(vitpss.attach(tiny()).patch_drop, PatchSampler)  # other ViTs: the built-in family
+    assert vitpss.supported_families()[-1] == "user ViT subclass"
+
+
+def test_a_lower_priority_family_does_not_shadow_the_built_in_one(monkeypatch):
+    from vitpss.patching import core
+
+    monkeypatch.setattr(core, "_FAMILIES", list(core._FAMILIES))
+    vitpss.patching.register_family("fallback", lambda m: True, lambda m, sampler, generator: None, priority=-1)
+    assert isinstance(vitpss.attach(SubclassedViT(**TINY)).patch_drop, PatchSampler)

@@ -117,16 +117,27 @@ class PatchSampler(nn.Module):
 
 # Model families: (predicate, installer). An installer puts a PatchSampler into the model.
 Installer = Callable[[nn.Module, str, Optional[torch.Generator]], None]
-_FAMILIES: list[tuple[str, Callable[[nn.Module], bool], Installer]] = []
+_FAMILIES: list[tuple[str, Callable[[nn.Module], bool], Installer, int]] = []  # in registration order
 
 
-def register_family(name: str, predicate: Callable[[nn.Module], bool], installer: Installer) -> None:
-    """Teach :func:`attach` a model family: ``predicate(model)`` selects, ``installer`` patches."""
-    _FAMILIES.append((name, predicate, installer))
+def register_family(name: str, predicate: Callable[[nn.Module], bool], installer: Installer,
+                    priority: int = 0) -> None:
+    """Teach :func:`attach` a model family: ``predicate(model)`` selects, ``installer`` patches.
+
+    :func:`attach` tries the families by decreasing ``priority`` and, among equal priorities, the
+    latest registered first: a family registered for a subclass of a supported model (the built-in
+    families have priority 0) takes precedence over the built-in one.
+    """
+    _FAMILIES.append((name, predicate, installer, priority))
+
+
+def _families_in_dispatch_order() -> list[tuple[str, Callable[[nn.Module], bool], Installer, int]]:
+    order = sorted(range(len(_FAMILIES)), key=lambda i: (-_FAMILIES[i][3], -i))
+    return [_FAMILIES[i] for i in order]
 
 
 def supported_families() -> list[str]:
-    return [name for name, _, _ in _FAMILIES]
+    return [name for name, _, _, _ in _FAMILIES]
 
 
 def attach(model: nn.Module, sampler: str = "random", generator: Optional[torch.Generator] = None) -> nn.Module:
@@ -138,7 +149,7 @@ def attach(model: nn.Module, sampler: str = "random", generator: Optional[torch.
     ``TypeError`` for unsupported models.
     """
     get_sampler(sampler)
-    for _, predicate, installer in _FAMILIES:
+    for _, predicate, installer, _ in _families_in_dispatch_order():
         if predicate(model):
             installer(model, sampler, generator)
             return model
