@@ -70,9 +70,7 @@ class _RunSummary:
 class KeepRateSchedule(_RunSummary):
     """A keep-rate schedule over ``epochs * steps_per_epoch`` steps; call it with a global step.
 
-    ``max_steps`` ends the run earlier, inside its last epoch (a trainer stopped by a step count):
-    the schedule is then sized on exactly that many steps. The last ``cooldown_epochs *
-    steps_per_epoch`` steps use all patches. ``linear`` and ``cosine`` rise from
+    The last ``cooldown_epochs`` epochs use all patches. ``linear`` and ``cosine`` rise from
     ``low`` to ``high`` over the steps before the cooldown and then hold; ``cyclic`` is a triangle
     wave of ``period_steps`` steps (default: one epoch) that starts each period at ``low`` and
     reaches ``high`` mid-period. ``high`` may exceed 1 (the rate is clamped to 1 before rounding),
@@ -87,7 +85,6 @@ class KeepRateSchedule(_RunSummary):
     quantum: float = 0.2
     cooldown_epochs: int = 0
     period_steps: int | None = None
-    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
@@ -102,19 +99,15 @@ class KeepRateSchedule(_RunSummary):
                f"in [0, epochs={self.epochs}]")
         if self.period_steps is not None:
             _check("period_steps", self.period_steps, self.period_steps >= 2, "an integer >= 2")
-        if self.max_steps is not None:
-            whole = self.epochs * self.steps_per_epoch
-            _check("max_steps", self.max_steps, 1 <= self.max_steps <= whole,
-                   f"in [1, epochs * steps_per_epoch = {whole}]")
 
     @property
     def total_steps(self) -> int:
-        return self.max_steps if self.max_steps is not None else self.epochs * self.steps_per_epoch
+        return self.epochs * self.steps_per_epoch
 
     @property
     def sampled_steps(self) -> int:
         """Steps before the cooldown, over which the schedule runs."""
-        return max(self.total_steps - self.cooldown_epochs * self.steps_per_epoch, 0)
+        return (self.epochs - self.cooldown_epochs) * self.steps_per_epoch
 
     def rates(self, steps: np.ndarray | None = None) -> np.ndarray:
         """Keep rates at ``steps`` (default: every step of the run), vectorised."""

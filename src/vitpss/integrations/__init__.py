@@ -61,14 +61,9 @@ class DeferredSchedule:
             raise ValueError(f"cannot size the {self.name!r} keep-rate schedule for a run of {total} steps: "
                              f"pass total_steps= to the callback")
         per_epoch = self.steps_per_epoch or steps_per_epoch
-        total = int(total)
-        per_epoch = int(per_epoch) if per_epoch and math.isfinite(per_epoch) else total
+        per_epoch = int(per_epoch) if per_epoch and math.isfinite(per_epoch) else int(total)
         epochs = max(math.ceil(total / per_epoch), 1)
-        # exactly `total` steps, even when the run stops inside an epoch (max_steps); the cooldown is
-        # the last cooldown_epochs * per_epoch of them
-        max_steps = total if total != epochs * per_epoch else None
-        self.schedule = KeepRateSchedule(self.name, steps_per_epoch=per_epoch, epochs=epochs, max_steps=max_steps,
-                                         **self.params)
+        self.schedule = KeepRateSchedule(self.name, steps_per_epoch=per_epoch, epochs=epochs, **self.params)
 
     def __call__(self, step: int) -> float:
         if self.schedule is None:
