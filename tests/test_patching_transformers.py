@@ -191,3 +191,20 @@ def test_an_attention_mask_is_refused_below_rate_one_and_used_at_rate_one():
                                          r"rate 0.5: pass attention_mask=None"):
         model(pixel_values=x, attention_mask=mask)
     model(pixel_values=x)  # without a mask: fine
+
+
+@pytest.mark.parametrize("name", ["vit", "clip_vision", "siglip_vision"])
+def test_noise_drawn_before_the_forward_equals_the_noise_the_forward_draws(name):
+    # model(...) draws in the attached model's pre-hook (what torch.compile needs); model.forward(...) skips it
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kept, states = [], []
+    for call in ("__call__", "forward"):
+        generator = torch.Generator().manual_seed(5)
+        model = vitpss.attach(build(name), sampler="random", generator=generator).train()
+        vitpss.set_keep_rate(model, 0.5)
+        for _ in range(2):
+            getattr(model, call)(pixel_values=x)
+            kept.append(vitpss.get_keep_indices(model))
+        states.append(generator.get_state())
+    assert all(torch.equal(a, b) for a, b in zip(kept[:2], kept[2:]))
+    assert torch.equal(*states)

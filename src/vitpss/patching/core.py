@@ -35,8 +35,9 @@ class PatchSampler(nn.Module):
     :func:`token_count` (``None`` if unknown).
 
     The random samplers draw their noise from ``generator`` in the forward, unless
-    :meth:`draw_noise` drew it before the call: the timm families do that in a forward pre-hook
-    on the model, so that ``torch.compile(model)`` traces the forward without a graph break
+    :meth:`draw_noise` drew it before the call: every family does that in a forward pre-hook on
+    the model given to :func:`attach` (timm: ``draw_patch_noise``; HF and open_clip:
+    :func:`draw_noise_ahead`), so that ``torch.compile(model)`` traces the forward without a graph break
     (dynamo cannot trace a draw from a ``torch.Generator``; the pre-hooks of the module given to
     ``torch.compile`` run outside the compiled code). Same generator, same draws, either way.
     """
@@ -79,6 +80,11 @@ class PatchSampler(nn.Module):
         # random-in-training samplers (gumbel-magnitude) pick deterministically in eval mode
         return (self.sampler if self.training else inference_sampler(self.sampler)), num_keep
 
+    def needs_noise(self, num_patches: int) -> bool:
+        """Whether the next forward over ``num_patches`` patch tokens draws noise from ``generator``."""
+        plan = self._sampling(num_patches)
+        return self.generator is not None and plan is not None and plan[0] in NOISE_SAMPLERS
+
     def draw_noise(self, batch_size: int, num_patches: int, device: torch.device) -> None:
         """Draw the noise of the next forward now, from ``generator``, if that forward needs any.
 
@@ -86,9 +92,7 @@ class PatchSampler(nn.Module):
         from ``generator`` in between, or the draws change). Without a generator the samplers draw
         from torch's global RNG, which dynamo traces, and nothing is drawn here.
         """
-        plan = self._sampling(num_patches)
-        needs_noise = self.generator is not None and plan is not None and plan[0] in NOISE_SAMPLERS
-        self.noise = patch_noise(batch_size, num_patches, device, self.generator) if needs_noise else None
+        self.noise = patch_noise(batch_size, num_patches, device, self.generator) if self.needs_noise(num_patches) else None
 
     def forward(self, x: torch.Tensor):
         noise, self.noise, self.keep_indices = self.noise, None, None
@@ -96,7 +100,7 @@ class PatchSampler(nn.Module):
         plan = self._sampling(num_patches)
         if plan is not None:
             name, num_keep = plan
-            if noise is not None and tuple(noise.shape) == (x.shape[0], num_patches):
+            if noise is not None and name in NOISE_SAMPLERS and tuple(noise.shape) == (x.shape[0], num_patches):
                 self.keep_indices = get_sampler(name)(x, self.num_prefix_tokens, num_keep, noise=noise)
             else:  # nothing drawn ahead, or drawn for other tokens (a forward that did not reach here)
                 self.keep_indices = get_sampler(name)(x, self.num_prefix_tokens, num_keep, self.generator)
@@ -232,6 +236,54 @@ def token_count(model: nn.Module, rate: float) -> int:
     """
     sampler = _samplers_or_raise(model)[0]
     return sampler.num_prefix_tokens + keep_count(check_keep_rate(rate), num_patches(model))
+
+
+@torch.compiler.disable  # runs as plain Python: a traced draw from a generator would split the graph anyway
+def draw_noise_eagerly(sampler: PatchSampler, batch_size: int, num_patches: int, device: torch.device) -> None:
+    sampler.draw_noise(batch_size, num_patches, device)
+
+
+def draw_noise_ahead(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook (``with_kwargs=True``) that draws the noise of the samplers deep inside ``model``.
+
+    ``model.patch_noise_plan`` lists ``(sampler, (patch_h, patch_w), image_argument)``; the images
+    are the first positional argument or the named one. Hooks of the module given to
+    ``torch.compile`` run outside the compiled code, so the draw from the generator does not split
+    the graph; inside a compiled wrapper only the draw itself is hidden from dynamo. Images of
+    another size than the plan assumes are left to the sampler's own draw.
+    """
+    for sampler, (patch_h, patch_w), name in model.patch_noise_plan:
+        images = kwargs.get(name, args[0] if args else None)
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            num_patches = (images.shape[-2] // patch_h) * (images.shape[-1] // patch_w)
+            if sampler.needs_noise(num_patches):
+                draw_noise_eagerly(sampler, images.shape[0], num_patches, images.device)
+
+
+def skip_as_compiled_frame(hook: Callable[..., None]) -> None:
+    """Make dynamo run ``hook`` as plain Python when it is called outside traced code.
+
+    The pre-hooks of the module given to ``torch.compile`` run outside the compiled graph, but
+    dynamo would still compile their own frame (no tensor work, guarded on the keep rate: one
+    frame per rate for nothing). Inside a compiled wrapper the hook is traced: a forward that
+    draws nothing has no graph break. A torch without this private API compiles the hook's frames.
+    """
+    eval_frame = torch._dynamo.eval_frame
+    try:  # skip the hook's frame and the frames it calls
+        skip = eval_frame.FrameExecStrategy(eval_frame.FrameAction.SKIP, eval_frame.FrameAction.SKIP)
+        eval_frame.set_code_exec_strategy(hook.__code__, skip)
+    except AttributeError:
+        pass
+
+
+def plan_noise_ahead(model: nn.Module, plan: list[tuple[PatchSampler, tuple[int, int], str]]) -> None:
+    """Make ``model`` draw the noise of ``plan``'s samplers before its forward (:func:`draw_noise_ahead`)."""
+    model.patch_noise_plan = plan
+    if draw_noise_ahead not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(draw_noise_ahead, with_kwargs=True)
+
+
+skip_as_compiled_frame(draw_noise_ahead)
 
 
 def check_full_grid(module: nn.Module, what: str, way_out: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .core import PatchSampler, check_full_grid, patch_samplers, register_family
+from .core import PatchSampler, check_full_grid, patch_samplers, plan_noise_ahead, register_family
 
 # Embeddings module class -> number of prefix (class, distillation, register) tokens it emits.
 PREFIX_TOKENS: dict[str, Callable[[nn.Module], int]] = {
@@ -98,6 +98,16 @@ def _num_patches(embeddings: nn.Module) -> int:
     return int(getattr(embeddings, "num_patches", None) or embeddings.patch_embeddings.num_patches)
 
 
+def _patch_size(embeddings: nn.Module) -> Optional[tuple[int, int]]:
+    """``(height, width)`` of a patch (ViT, DeiT and Dinov2 keep it on ``patch_embeddings``, CLIP and SigLIP
+    on the embeddings), or ``None`` if neither has it."""
+    size = getattr(getattr(embeddings, "patch_embeddings", None), "patch_size", None)
+    size = getattr(embeddings, "patch_size", None) if size is None else size
+    if isinstance(size, int):
+        return size, size
+    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) and len(size) == 2 else None
+
+
 def _refuse_dropped_grid(model: nn.Module, args: tuple) -> None:
     if GRID_MODELS[transformers_class(model, GRID_MODELS)](model):
         check_full_grid(model, type(model).__name__,
@@ -126,12 +136,17 @@ def _install(model: nn.Module, sampler: str, generator: Optional[torch.Generator
                 and "attention_mask" in inspect.signature(module.forward).parameters \
                 and _refuse_attention_mask not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_refuse_attention_mask, with_kwargs=True)
+    plan = []
     for embeddings in embedding_modules(model):
         num_prefix_tokens = PREFIX_TOKENS[transformers_class(embeddings, PREFIX_TOKENS)](embeddings)
         embeddings.patch_sampler = PatchSampler(sampler, num_prefix_tokens, generator,
                                                 num_patches=_num_patches(embeddings))
         if _sample_after_embeddings not in embeddings._forward_hooks.values():
             embeddings.register_forward_hook(_sample_after_embeddings)
+        patch_size = _patch_size(embeddings)
+        if patch_size is not None:
+            plan.append((embeddings.patch_sampler, patch_size, "pixel_values"))
+    plan_noise_ahead(model, plan)  # so that torch.compile(model) (Trainer's torch_compile) has no graph break
     for module in model.modules():
         if transformers_class(module, GRID_MODELS) and _refuse_dropped_grid not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_refuse_dropped_grid)
