@@ -73,6 +73,8 @@ def test_attached_model_clones_and_the_clone_samples_with_its_own_rate(family, c
     else:
         copied = copy.deepcopy(model)
     assert type(copied) is type(model)
+    planned = [sampler for sampler, _, _ in getattr(copied, "patch_noise_plan", [])]  # HF, open_clip
+    assert all(any(sampler is m for m in copied.modules()) for sampler in planned)
     x = images(model)
     torch.testing.assert_close(run(copied, x), run(model, x), rtol=0, atol=0)
     vitpss.set_keep_rate(copied, 1.0)  # the clone has its own samplers
