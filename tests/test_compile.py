@@ -234,3 +234,38 @@ def test_compiled_lightning_module_compiles_each_keep_rate_once(fresh_dynamo, tm
     splits_at_the_draw = sampler == "random"  # the model runs inside the compiled training_step
     assert backend.frame_count == len(set(RATES)) + 2 * splits_at_the_draw  # measured: 7 with random, 5 without
     assert bool(fresh_dynamo["graph_break"]) == splits_at_the_draw
+
+
+@pytest.fixture
+def one_process_group():
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_compiled_ddp_compiles_each_keep_rate_once_and_the_draw_adds_no_graph_break(fresh_dynamo, one_process_group):
+    # what `vitpss train --compile` under torchrun does: torch.compile(DDP(model)). Dynamo runs DDP's
+    # forward as Python (its own breaks) and compiles the attached model's frame, whose pre-hook stays outside
+    from torch._dynamo.testing import CompileCounter
+
+    breaks = {}
+    for sampler in ("random", "magnitude"):
+        torch._dynamo.reset()
+        fresh_dynamo.clear()
+        backend = CompileCounter()
+        eager = tiny_model(sampler).train()
+        model = copy.deepcopy(eager)
+        net = torch.compile(torch.nn.parallel.DistributedDataParallel(model), backend=backend, dynamic=False)
+        for rate in RATES:
+            torch.testing.assert_close(train_step(net, model, rate), train_step(eager, eager, rate),
+                                       rtol=1e-5, atol=1e-6)
+        assert backend.frame_count == len(set(RATES))
+        breaks[sampler] = dict(fresh_dynamo["graph_break"])
+    assert breaks["random"] == breaks["magnitude"]  # DDP's own, not the sampler's
