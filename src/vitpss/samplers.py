@@ -41,7 +41,7 @@ def patch_noise(batch_size: int, num_patches: int, device: torch.device,
     Drawn on the generator's own device and moved, so a CPU generator keeps working after
     ``model.cuda()`` (the draws are then those of the CPU generator, plus a small copy per step).
     """
-    if generator is None or generator.device == torch.device(device):
+    if generator is None or generator.device == device:  # a str device takes the second path, same result
         return torch.rand(batch_size, num_patches, device=device, generator=generator)
     return torch.rand(batch_size, num_patches, device=generator.device, generator=generator).to(device)
 

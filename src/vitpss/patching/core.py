@@ -92,7 +92,8 @@ class PatchSampler(nn.Module):
         from ``generator`` in between, or the draws change). Without a generator the samplers draw
         from torch's global RNG, which dynamo traces, and nothing is drawn here.
         """
-        self.noise = patch_noise(batch_size, num_patches, device, self.generator) if self.needs_noise(num_patches) else None
+        needs_noise = self.needs_noise(num_patches)
+        self.noise = patch_noise(batch_size, num_patches, device, self.generator) if needs_noise else None
 
     def forward(self, x: torch.Tensor):
         noise, self.noise, self.keep_indices = self.noise, None, None
@@ -240,15 +241,16 @@ def token_count(model: nn.Module, rate: float) -> int:
 
 @torch.compiler.disable  # runs as plain Python: a traced draw from a generator would split the graph anyway
 def _draw_noise_untraced(sampler: PatchSampler, batch_size: int, num_patches: int, device: torch.device) -> None:
-    sampler.draw_noise(batch_size, num_patches, device)
+    sampler.noise = patch_noise(batch_size, num_patches, device, sampler.generator)
 
 
 def draw_noise_eagerly(sampler: PatchSampler, batch_size: int, num_patches: int, device: torch.device) -> None:
-    """``sampler.draw_noise(...)``, hidden from dynamo when traced (the disabling costs ~10 us, so only then)."""
+    """The noise of ``sampler``'s next forward, which needs it (:meth:`PatchSampler.needs_noise`), drawn
+    now; hidden from dynamo when traced (the disabling costs ~10 us per call, so only then)."""
     if torch.compiler.is_compiling():
         _draw_noise_untraced(sampler, batch_size, num_patches, device)
     else:
-        sampler.draw_noise(batch_size, num_patches, device)
+        sampler.noise = patch_noise(batch_size, num_patches, device, sampler.generator)
 
 
 def draw_noise_ahead(model: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -3,11 +3,11 @@
 HF vision transformers build their tokens in one ``embeddings`` module (patch embedding, class
 and other prefix tokens, position embedding, dropout) whose output goes straight to the
 encoder, or first through a pre-norm (CLIP's ``pre_layrnorm``). :func:`attach` gives each such
-embeddings module a :class:`~vitpss.patching.PatchSampler` child and a forward hook that passes
-the embeddings' output through it, so tokens are dropped before any pre-norm and the magnitude
-samplers score the embedding after the position embedding, as for timm. The sampler has no
-parameters or buffers: ``state_dict`` keys are unchanged, and at a keep rate of 1 the hook
-returns its input, so outputs are bit-identical to the unmodified model.
+embeddings module a :class:`~vitpss.patching.PatchSampler` child and a forward that passes the
+embeddings' output through it (:class:`SampledEmbeddings`, a class swap), so tokens are dropped
+before any pre-norm and the magnitude samplers score the embedding after the position embedding,
+as for timm. The sampler has no parameters or buffers: ``state_dict`` keys are unchanged, and at a
+keep rate of 1 it returns its input, so outputs are bit-identical to the unmodified model.
 
 Heads that fold the tokens back into the patch grid (masked image modelling, DINOv2 backbone
 feature maps) cannot run on a subset: their forward raises :class:`ValueError` at a keep rate
@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .core import PatchSampler, check_full_grid, patch_samplers, plan_noise_ahead, register_family
+from .core import (PatchSampler, Patched, check_full_grid, patch_class, patch_samplers, plan_noise_ahead,
+                   register_family)
 
 # Embeddings module class -> number of prefix (class, distillation, register) tokens it emits.
 PREFIX_TOKENS: dict[str, Callable[[nn.Module], int]] = {
@@ -88,8 +89,11 @@ def _vision_language_model(model: nn.Module) -> Optional[str]:
     return None
 
 
-def _sample_after_embeddings(embeddings: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return embeddings.patch_sampler(output)
+class SampledEmbeddings(Patched):
+    """HF vision embeddings whose output (prefix tokens first) passes through ``patch_sampler``."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.patch_sampler(super().forward(*args, **kwargs))  # type: ignore[misc]
 
 
 def _num_patches(embeddings: nn.Module) -> int:
@@ -141,8 +145,7 @@ def _install(model: nn.Module, sampler: str, generator: Optional[torch.Generator
         num_prefix_tokens = PREFIX_TOKENS[transformers_class(embeddings, PREFIX_TOKENS)](embeddings)
         embeddings.patch_sampler = PatchSampler(sampler, num_prefix_tokens, generator,
                                                 num_patches=_num_patches(embeddings))
-        if _sample_after_embeddings not in embeddings._forward_hooks.values():
-            embeddings.register_forward_hook(_sample_after_embeddings)
+        patch_class(embeddings, SampledEmbeddings)
         patch_size = _patch_size(embeddings)
         if patch_size is not None:
             plan.append((embeddings.patch_sampler, patch_size, "pixel_values"))
