@@ -119,3 +119,153 @@ def test_train_compile_runs_one_graph_per_rate_and_matches_eager(tmp_path, fresh
     assert [r for r, _ in compiled] == [r for r, _ in eager]
     assert [loss for _, loss in compiled] == pytest.approx([loss for _, loss in eager], rel=1e-4, abs=1e-5)
     assert fresh_dynamo["stats"]["unique_graphs"] == len({r for r, _ in eager}) == 5
+
+
+# How the model is compiled -> how the steps call it. In every wrapping each keep rate compiles once;
+# the draw from a generator happens outside the graph (the model's pre-hook runs before the compiled
+# code when the attached model itself is compiled) or, inside a compiled wrapper, splits the
+# wrapper's frame once per step at a rate < 1 (one extra graph in all).
+class Wrapper(torch.nn.Module):
+    """A plain module around the attached model, as a LightningModule or a user's loss wrapper."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def compiled(how: str, model: torch.nn.Module, backend) -> torch.nn.Module:
+    if how == "torch.compile(model)":
+        return torch.compile(model, backend=backend, dynamic=False)
+    if how == "model.compile()":
+        model.compile(backend=backend, dynamic=False)
+        return model
+    return torch.compile(Wrapper(model), backend=backend, dynamic=False)
+
+
+RATES = (1.0, 0.8, 0.6, 0.4, 0.2) * 2
+
+
+@pytest.mark.parametrize("how", ["torch.compile(model)", "model.compile()", "torch.compile(wrapper)"])
+@pytest.mark.parametrize("sampler", ["random", "magnitude"])
+def test_every_wrapping_compiles_each_keep_rate_once_and_matches_eager(fresh_dynamo, how, sampler):
+    from torch._dynamo.testing import CompileCounter
+
+    backend = CompileCounter()
+    eager = tiny_model(sampler).train()
+    model = copy.deepcopy(eager)  # same weights and generator state
+    net = compiled(how, model, backend)
+    for rate in RATES:
+        torch.testing.assert_close(train_step(net, model, rate), train_step(eager, eager, rate), rtol=1e-5, atol=1e-6)
+    splits_at_the_draw = how == "torch.compile(wrapper)" and sampler == "random"
+    assert backend.frame_count == len(set(RATES)) + splits_at_the_draw
+    assert bool(fresh_dynamo["graph_break"]) == splits_at_the_draw
+
+
+def hf_vit() -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=10))
+
+
+def open_clip_tower() -> torch.nn.Module:
+    open_clip = pytest.importorskip("open_clip")
+    torch.manual_seed(0)
+    return open_clip.transformer.VisionTransformer(image_size=32, patch_size=4, width=32, layers=2, heads=2,
+                                                   mlp_ratio=2.0, output_dim=10)
+
+
+@pytest.mark.parametrize("build", [hf_vit, open_clip_tower], ids=["hf_vit", "open_clip_tower"])
+def test_compiled_hf_and_open_clip_models_draw_ahead_one_graph_per_rate(fresh_dynamo, build):
+    # what HF Trainer(torch_compile=True) and a compiled open_clip tower do: the noise is drawn by a
+    # pre-hook of the attached model (the samplers sit deep inside), so the forward is not split
+    from torch._dynamo.testing import CompileCounter
+
+    backend = CompileCounter()
+    eager = vitpss.attach(build(), sampler="random", generator=torch.Generator().manual_seed(1)).train()
+    model = copy.deepcopy(eager)
+    net = torch.compile(model, backend=backend, dynamic=False)
+
+    def logits(out):
+        return out.logits if hasattr(out, "logits") else out
+
+    x = batch()[0]
+    for rate in RATES:
+        vitpss.set_keep_rate(eager, rate)
+        vitpss.set_keep_rate(model, rate)
+        expected, got = logits(eager(x)), logits(net(x))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert backend.frame_count == len(set(RATES)) and not fresh_dynamo["graph_break"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["random", "magnitude"])
+def test_compiled_lightning_module_compiles_each_keep_rate_once(fresh_dynamo, tmp_path, sampler):
+    lightning = pytest.importorskip("lightning")
+    from torch._dynamo.testing import CompileCounter
+
+    class Classifier(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = tiny_model(sampler)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+        def on_train_batch_start(self, data, index) -> None:  # where vitpss's Lightning callback sets it
+            vitpss.set_keep_rate(self.model, RATES[self.global_step % len(RATES)])
+
+        def training_step(self, data, index):
+            return torch.nn.functional.cross_entropy(self(data[0]), data[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    backend = CompileCounter()
+    data = torch.utils.data.TensorDataset(*batch())
+    trainer = lightning.Trainer(max_steps=len(RATES), accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(torch.compile(Classifier(), backend=backend, dynamic=False),
+                torch.utils.data.DataLoader(data, batch_size=4))
+    splits_at_the_draw = sampler == "random"  # the model runs inside the compiled training_step
+    assert backend.frame_count == len(set(RATES)) + 2 * splits_at_the_draw  # measured: 7 with random, 5 without
+    assert bool(fresh_dynamo["graph_break"]) == splits_at_the_draw
+
+
+@pytest.fixture
+def one_process_group():
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_compiled_ddp_compiles_each_keep_rate_once_and_the_draw_adds_no_graph_break(fresh_dynamo, one_process_group):
+    # what `vitpss train --compile` under torchrun does: torch.compile(DDP(model)). Dynamo runs DDP's
+    # forward as Python (its own breaks) and compiles the attached model's frame, whose pre-hook stays outside
+    from torch._dynamo.testing import CompileCounter
+
+    breaks = {}
+    for sampler in ("random", "magnitude"):
+        torch._dynamo.reset()
+        fresh_dynamo.clear()
+        backend = CompileCounter()
+        eager = tiny_model(sampler).train()
+        model = copy.deepcopy(eager)
+        net = torch.compile(torch.nn.parallel.DistributedDataParallel(model), backend=backend, dynamic=False)
+        for rate in RATES:
+            torch.testing.assert_close(train_step(net, model, rate), train_step(eager, eager, rate),
+                                       rtol=1e-5, atol=1e-6)
+        assert backend.frame_count == len(set(RATES))
+        breaks[sampler] = dict(fresh_dynamo["graph_break"])
+    assert breaks["random"] == breaks["magnitude"]  # DDP's own, not the sampler's

@@ -310,3 +310,59 @@ def test_noise_drawn_for_other_tokens_is_replaced_by_a_fresh_draw():
         sampler(x)
         kept.append(sampler.keep_indices)
     assert torch.equal(*kept)
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_FAMILIES))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_attached_at_rate_one_equals_the_installed_timm_model_bit_for_bit_forward_and_backward(family, mode):
+    plain = getattr(tiny(TIMM_FAMILIES[family], drop_path_rate=0.1), mode)()
+    patched = getattr(vitpss.attach(copy.deepcopy(plain), sampler="random",
+                                    generator=torch.Generator().manual_seed(0)), mode)()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for model in (plain, patched):
+        torch.manual_seed(1)  # the same drop-path draws
+        out = model(x)
+        out.square().sum().backward()
+        outputs.append(out)
+    assert torch.equal(*outputs)
+    for (name, p), q in zip(plain.named_parameters(), patched.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_attached_beit_at_rate_one_runs_the_installed_timms_forward_not_a_copy(monkeypatch):
+    # a later timm that changes Beit.forward_features is followed at rate 1
+    from timm.models.beit import Beit
+
+    stock = Beit.forward_features
+    monkeypatch.setattr(Beit, "forward_features", lambda self, x: 0.5 * stock(self, x))
+    plain = tiny("beit_base_patch16_224").train()
+    patched = vitpss.attach(copy.deepcopy(plain)).train()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(plain(x), patched(x))
+
+
+class SubclassedViT(timm.models.vision_transformer.VisionTransformer):
+    """A user's ViT subclass with a family of its own."""
+
+
+@pytest.mark.parametrize("priority", [0, 5])
+def test_a_family_registered_for_a_vit_subclass_takes_precedence_over_the_built_in_one(monkeypatch, priority):
+    from vitpss.patching import core
+
+    monkeypatch.setattr(core, "_FAMILIES", list(core._FAMILIES))
+    installed = []
+    vitpss.patching.register_family("user ViT subclass", lambda m: isinstance(m, SubclassedViT),
+                                    lambda m, sampler, generator: installed.append(type(m).__name__), priority)
+    vitpss.attach(SubclassedViT(**TINY))
+    assert installed == ["SubclassedViT"]
+    assert isinstance(vitpss.attach(tiny()).patch_drop, PatchSampler)  # other ViTs: the built-in family
+    assert vitpss.supported_families()[-1] == "user ViT subclass"
+
+
+def test_a_lower_priority_family_does_not_shadow_the_built_in_one(monkeypatch):
+    from vitpss.patching import core
+
+    monkeypatch.setattr(core, "_FAMILIES", list(core._FAMILIES))
+    vitpss.patching.register_family("fallback", lambda m: True, lambda m, sampler, generator: None, priority=-1)
+    assert isinstance(vitpss.attach(SubclassedViT(**TINY)).patch_drop, PatchSampler)

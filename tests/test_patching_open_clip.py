@@ -102,3 +102,13 @@ def test_resnet_tower_is_not_supported():
     model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(layers=(1, 1, 1, 1), width=8, image_size=32), text_cfg=TEXT)
     with pytest.raises(TypeError, match="does not support CLIP: supported families are .*open_clip"):
         vitpss.attach(model)
+
+
+def test_a_tower_without_forward_intermediates_gets_no_guard(monkeypatch):
+    # open_clip 2.24-2.30: VisionTransformer has no forward_intermediates
+    monkeypatch.delattr(open_clip.transformer.VisionTransformer, "forward_intermediates", raising=False)
+    model = vitpss.attach(clip())
+    assert not hasattr(model.visual, "forward_intermediates")
+    vitpss.set_keep_rate(model.train(), 0.5)
+    model.visual(torch.randn(2, 3, 32, 32))
+    assert vitpss.get_keep_indices(model).shape == (2, NUM_PATCHES // 2)

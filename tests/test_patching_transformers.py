@@ -136,3 +136,81 @@ def test_dinov2_backbone_without_grid_reshape_runs_at_any_rate():
         transformers.Dinov2Config(**TINY, out_indices=[2], reshape_hidden_states=False)))
     vitpss.set_keep_rate(model.train(), 0.5)
     assert model(pixel_values=torch.randn(2, 3, 32, 32)).feature_maps[0].shape[1] == 1 + NUM_PATCHES // 2
+
+
+class MyViTForImageClassification(transformers.ViTForImageClassification):
+    """A user subclass, outside the transformers package."""
+
+
+def test_a_subclass_of_a_supported_model_and_embeddings_is_attached_as_its_base():
+    model = MyViTForImageClassification(transformers.ViTConfig(**TINY, num_labels=5))
+    model.vit.embeddings.__class__ = type("MyViTEmbeddings", (type(model.vit.embeddings),), {})
+    vitpss.attach(model).train()
+    vitpss.set_keep_rate(model, 0.5)
+    assert first_block_input(model, torch.randn(2, 3, 32, 32)).shape[1] == 1 + NUM_PATCHES // 2
+
+
+def test_a_subclass_of_a_grid_model_still_refuses_a_keep_rate_below_one():
+    grid_model = type("MyViTForMaskedImageModeling", (transformers.ViTForMaskedImageModeling,), {})
+    model = vitpss.attach(grid_model(transformers.ViTConfig(**TINY, encoder_stride=4))).train()
+    vitpss.set_keep_rate(model, 0.5)
+    with pytest.raises(ValueError, match="patch grid.*keep rate 0.5"):
+        model(pixel_values=torch.randn(2, 3, 32, 32))
+
+
+def tiny_llava():
+    text = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=2)
+    return transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+        vision_config=transformers.CLIPVisionConfig(**TINY), text_config=text, image_token_index=63))
+
+
+def tiny_paligemma():
+    text = transformers.GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    return transformers.PaliGemmaForConditionalGeneration(transformers.PaliGemmaConfig(
+        vision_config=transformers.SiglipVisionConfig(**TINY), text_config=text, image_token_index=63,
+        projection_dim=32))
+
+
+@pytest.mark.parametrize("build_vlm", [tiny_llava, tiny_paligemma], ids=["llava", "paligemma"])
+def test_vision_language_wrappers_are_refused_in_one_line(build_vlm):
+    model = build_vlm()
+    with pytest.raises(TypeError, match=r"^vitpss.attach does not support the vision-language model \w+: its "
+                                        r"language model takes one image token per patch[^\n]*$"):
+        vitpss.attach(model)
+    assert not [m for m in model.modules() if isinstance(m, vitpss.PatchSampler)]
+
+
+def test_an_attention_mask_is_refused_below_rate_one_and_used_at_rate_one():
+    import inspect
+
+    if "attention_mask" not in inspect.signature(transformers.ViTModel.forward).parameters:
+        pytest.skip(f"transformers {transformers.__version__}: ViTModel takes no attention_mask")
+    model = vitpss.attach(build("vit")).train()
+    x, mask = torch.randn(2, 3, 32, 32), torch.ones(2, 1 + NUM_PATCHES, dtype=torch.long)
+    plain = build("vit").train()
+    assert torch.equal(model(pixel_values=x, attention_mask=mask).logits,
+                       plain(pixel_values=x, attention_mask=mask).logits)
+    vitpss.set_keep_rate(model, 0.5)
+    with pytest.raises(ValueError, match=r"^ViTModel got an attention_mask over all patch tokens but runs at keep "
+                                         r"rate 0.5: pass attention_mask=None"):
+        model(pixel_values=x, attention_mask=mask)
+    model(pixel_values=x)  # without a mask: fine
+
+
+@pytest.mark.parametrize("name", ["vit", "clip_vision", "siglip_vision"])
+def test_noise_drawn_before_the_forward_equals_the_noise_the_forward_draws(name):
+    # model(...) draws in the attached model's pre-hook (what torch.compile needs); model.forward(...) skips it
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kept, states = [], []
+    for call in ("__call__", "forward"):
+        generator = torch.Generator().manual_seed(5)
+        model = vitpss.attach(build(name), sampler="random", generator=generator).train()
+        vitpss.set_keep_rate(model, 0.5)
+        for _ in range(2):
+            getattr(model, call)(pixel_values=x)
+            kept.append(vitpss.get_keep_indices(model))
+        states.append(generator.get_state())
+    assert all(torch.equal(a, b) for a, b in zip(kept[:2], kept[2:]))
+    assert torch.equal(*states)

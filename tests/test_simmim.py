@@ -69,3 +69,38 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert model.mask_token.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "vit_base_patch16_224"])
+def test_compiled_simmim_is_one_graph_without_a_break_and_matches_eager(name):
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    model = tiny_simmim(name)
+    torch._dynamo.reset()
+    counters.clear()
+    backend = CompileCounter()
+    net = torch.compile(model, backend=backend, dynamic=False)
+    images = torch.randn(2, 1, 32, 32)
+    try:
+        for seed in range(3):  # a new mask each step, as in pre-training
+            mask = model.random_mask(2, images.device, torch.Generator().manual_seed(seed))
+            loss, _ = net(images, mask)
+            loss.backward()
+            assert torch.equal(loss, model(images, mask)[0])
+        assert backend.frame_count == 1 and not counters["graph_break"]
+        assert model.encoder.patch_embed.masking is None and not model.encoder.patch_embed._forward_hooks
+    finally:
+        torch._dynamo.reset()
+
+
+def test_simmim_and_its_encoder_pickle_and_the_encoder_state_dict_is_timms():
+    import pickle
+
+    model = tiny_simmim()
+    clone = pickle.loads(pickle.dumps(model))
+    images, mask = torch.randn(2, 1, 32, 32), torch.ones(2, 8, 8)
+    assert torch.equal(clone(images, mask)[0], model(images, mask)[0])
+    stock = timm.create_model("beit_base_patch16_224", img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=2,
+                              num_heads=2, num_classes=0)
+    assert list(stock.state_dict()) == list(model.encoder.state_dict())

@@ -36,8 +36,14 @@ def keep_count(keep_rate: float, num_patches: int) -> int:
 
 def patch_noise(batch_size: int, num_patches: int, device: torch.device,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Uniform ``[0, 1)`` noise ``(batch_size, num_patches)``: the draw of the random samplers."""
-    return torch.rand(batch_size, num_patches, device=device, generator=generator)
+    """Uniform ``[0, 1)`` noise ``(batch_size, num_patches)`` on ``device``: the draw of the random samplers.
+
+    Drawn on the generator's own device and moved, so a CPU generator keeps working after
+    ``model.cuda()`` (the draws are then those of the CPU generator, plus a small copy per step).
+    """
+    if generator is None or generator.device == device:  # a str device takes the second path, same result
+        return torch.rand(batch_size, num_patches, device=device, generator=generator)
+    return torch.rand(batch_size, num_patches, device=generator.device, generator=generator).to(device)
 
 
 def _noise_for(x: torch.Tensor, num_prefix_tokens: int, generator: Optional[torch.Generator],

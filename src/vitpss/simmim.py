@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from .patching.core import Patched, patch_class
+
 
 def default_mask_patch_size(img_size: int, patch_size: int) -> int:
     """SimMIM's 32-pixel mask blocks where they fit the image and patch grid, else one patch."""
@@ -54,6 +56,27 @@ def random_patch_mask(batch_size: int, img_size: int, patch_size: int, mask_patc
     return mask.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2).to(device)
 
 
+class MaskTokenPatchEmbed(Patched):
+    """A patch embedding that puts the mask token in place of the masked patches' embeddings.
+
+    ``masking``: ``(weight, mask_token)`` for the one forward in progress (set by
+    :meth:`SimMIM.encode`, cleared after), ``weight`` ``(B, N, 1)`` of 0/1, or ``None``. The
+    mask travels on the module, not in a hook registered per forward, so the forward traces
+    without a graph break under ``torch.compile``; on the patch embedding of each replica, so it
+    is per replica under ``nn.DataParallel`` too.
+    """
+
+    masking: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        tokens = super().forward(x, *args, **kwargs)  # type: ignore[misc]
+        if self.masking is None:
+            return tokens
+        weight, mask_token = self.masking
+        w = weight.to(tokens.dtype)
+        return tokens * (1 - w) + mask_token.to(tokens.dtype) * w
+
+
 class SimMIM(nn.Module):
     """``encoder`` (a timm model with ``patch_embed`` and ``forward_features``) + mask token + decoder.
 
@@ -76,6 +99,7 @@ class SimMIM(nn.Module):
         check_mask_geometry(self.img_size, self.patch_size, self.mask_patch_size)
         self.generator = generator
         self.num_prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 1))
+        patch_class(encoder.patch_embed, MaskTokenPatchEmbed)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Sequential(
@@ -85,17 +109,12 @@ class SimMIM(nn.Module):
 
     def encode(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final patch tokens ``(B, D, G, G)``, masked patches replaced by the mask token on entry."""
-        weight = mask.flatten(1).unsqueeze(-1)
-
-        def replace_masked(module: nn.Module, inputs, tokens: torch.Tensor) -> torch.Tensor:
-            w = weight.to(tokens.dtype)
-            return tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
-
-        handle = self.encoder.patch_embed.register_forward_hook(replace_masked)
+        patch_embed = self.encoder.patch_embed
+        patch_embed.masking = (mask.flatten(1).unsqueeze(-1), self.mask_token)
         try:
             tokens = self.encoder.forward_features(images)
         finally:
-            handle.remove()
+            patch_embed.masking = None
         tokens = tokens[:, self.num_prefix_tokens:]
         side = mask.shape[-1]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)

@@ -15,7 +15,6 @@ The rule for which rate applies:
 from __future__ import annotations
 
 import contextlib
-import functools
 import numbers
 import inspect
 from typing import Any, Callable, Iterator, Optional
@@ -37,8 +36,9 @@ class PatchSampler(nn.Module):
     :func:`token_count` (``None`` if unknown).
 
     The random samplers draw their noise from ``generator`` in the forward, unless
-    :meth:`draw_noise` drew it before the call: the timm families do that in a forward pre-hook
-    on the model, so that ``torch.compile(model)`` traces the forward without a graph break
+    :meth:`draw_noise` drew it before the call: every family does that in a forward pre-hook on
+    the model given to :func:`attach` (timm: ``draw_patch_noise``; HF and open_clip:
+    :func:`draw_noise_ahead`), so that ``torch.compile(model)`` traces the forward without a graph break
     (dynamo cannot trace a draw from a ``torch.Generator``; the pre-hooks of the module given to
     ``torch.compile`` run outside the compiled code). Same generator, same draws, either way.
     """
@@ -81,6 +81,11 @@ class PatchSampler(nn.Module):
         # random-in-training samplers (gumbel-magnitude) pick deterministically in eval mode
         return (self.sampler if self.training else inference_sampler(self.sampler)), num_keep
 
+    def needs_noise(self, num_patches: int) -> bool:
+        """Whether the next forward over ``num_patches`` patch tokens draws noise from ``generator``."""
+        plan = self._sampling(num_patches)
+        return self.generator is not None and plan is not None and plan[0] in NOISE_SAMPLERS
+
     def draw_noise(self, batch_size: int, num_patches: int, device: torch.device) -> None:
         """Draw the noise of the next forward now, from ``generator``, if that forward needs any.
 
@@ -88,8 +93,7 @@ class PatchSampler(nn.Module):
         from ``generator`` in between, or the draws change). Without a generator the samplers draw
         from torch's global RNG, which dynamo traces, and nothing is drawn here.
         """
-        plan = self._sampling(num_patches)
-        needs_noise = self.generator is not None and plan is not None and plan[0] in NOISE_SAMPLERS
+        needs_noise = self.needs_noise(num_patches)
         self.noise = patch_noise(batch_size, num_patches, device, self.generator) if needs_noise else None
 
     def forward(self, x: torch.Tensor):
@@ -98,12 +102,18 @@ class PatchSampler(nn.Module):
         plan = self._sampling(num_patches)
         if plan is not None:
             name, num_keep = plan
-            if noise is not None and tuple(noise.shape) == (x.shape[0], num_patches):
+            if noise is not None and name in NOISE_SAMPLERS and tuple(noise.shape) == (x.shape[0], num_patches):
                 self.keep_indices = get_sampler(name)(x, self.num_prefix_tokens, num_keep, noise=noise)
             else:  # nothing drawn ahead, or drawn for other tokens (a forward that did not reach here)
                 self.keep_indices = get_sampler(name)(x, self.num_prefix_tokens, num_keep, self.generator)
             x = gather_tokens(x, self.num_prefix_tokens, self.keep_indices)
         return (x, self.keep_indices) if self.return_indices else x
+
+    def _replicate_for_data_parallel(self) -> "PatchSampler":
+        # nn.DataParallel copies modules per GPU and runs them in threads: the noise drawn ahead, the
+        # kept indices and the generator's draw order would not be per replica
+        raise RuntimeError("vitpss patch sampling does not support nn.DataParallel: run one process per GPU with "
+                           "torchrun (DistributedDataParallel), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
 
     def extra_repr(self) -> str:
         return (f"sampler={self.sampler!r}, num_prefix_tokens={self.num_prefix_tokens}, "
@@ -113,16 +123,27 @@ class PatchSampler(nn.Module):
 
 # Model families: (predicate, installer). An installer puts a PatchSampler into the model.
 Installer = Callable[[nn.Module, str, Optional[torch.Generator]], None]
-_FAMILIES: list[tuple[str, Callable[[nn.Module], bool], Installer]] = []
+_FAMILIES: list[tuple[str, Callable[[nn.Module], bool], Installer, int]] = []  # in registration order
 
 
-def register_family(name: str, predicate: Callable[[nn.Module], bool], installer: Installer) -> None:
-    """Teach :func:`attach` a model family: ``predicate(model)`` selects, ``installer`` patches."""
-    _FAMILIES.append((name, predicate, installer))
+def register_family(name: str, predicate: Callable[[nn.Module], bool], installer: Installer,
+                    priority: int = 0) -> None:
+    """Teach :func:`attach` a model family: ``predicate(model)`` selects, ``installer`` patches.
+
+    :func:`attach` tries the families by decreasing ``priority`` and, among equal priorities, the
+    latest registered first: a family registered for a subclass of a supported model (the built-in
+    families have priority 0) takes precedence over the built-in one.
+    """
+    _FAMILIES.append((name, predicate, installer, priority))
+
+
+def _families_in_dispatch_order() -> list[tuple[str, Callable[[nn.Module], bool], Installer, int]]:
+    order = sorted(range(len(_FAMILIES)), key=lambda i: (-_FAMILIES[i][3], -i))
+    return [_FAMILIES[i] for i in order]
 
 
 def supported_families() -> list[str]:
-    return [name for name, _, _ in _FAMILIES]
+    return [name for name, _, _, _ in _FAMILIES]
 
 
 def attach(model: nn.Module, sampler: str = "random", generator: Optional[torch.Generator] = None) -> nn.Module:
@@ -134,7 +155,7 @@ def attach(model: nn.Module, sampler: str = "random", generator: Optional[torch.
     ``TypeError`` for unsupported models.
     """
     get_sampler(sampler)
-    for _, predicate, installer in _FAMILIES:
+    for _, predicate, installer, _ in _families_in_dispatch_order():
         if predicate(model):
             installer(model, sampler, generator)
             return model
@@ -228,6 +249,63 @@ def token_count(model: nn.Module, rate: float) -> int:
     return sampler.num_prefix_tokens + keep_count(check_keep_rate(rate), num_patches(model))
 
 
+@torch.compiler.disable  # runs as plain Python: a traced draw from a generator would split the graph anyway
+def _draw_noise_untraced(sampler: PatchSampler, batch_size: int, num_patches: int, device: torch.device) -> None:
+    sampler.noise = patch_noise(batch_size, num_patches, device, sampler.generator)
+
+
+def draw_noise_eagerly(sampler: PatchSampler, batch_size: int, num_patches: int, device: torch.device) -> None:
+    """The noise of ``sampler``'s next forward, which needs it (:meth:`PatchSampler.needs_noise`), drawn
+    now; hidden from dynamo when traced (the disabling costs ~10 us per call, so only then)."""
+    if torch.compiler.is_compiling():
+        _draw_noise_untraced(sampler, batch_size, num_patches, device)
+    else:
+        sampler.noise = patch_noise(batch_size, num_patches, device, sampler.generator)
+
+
+def draw_noise_ahead(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook (``with_kwargs=True``) that draws the noise of the samplers deep inside ``model``.
+
+    ``model.patch_noise_plan`` lists ``(sampler, (patch_h, patch_w), image_argument)``; the images
+    are the first positional argument or the named one. Hooks of the module given to
+    ``torch.compile`` run outside the compiled code, so the draw from the generator does not split
+    the graph; inside a compiled wrapper only the draw itself is hidden from dynamo. Images of
+    another size than the plan assumes are left to the sampler's own draw.
+    """
+    for sampler, (patch_h, patch_w), name in model.patch_noise_plan:
+        images = kwargs.get(name, args[0] if args else None)
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            num_patches = (images.shape[-2] // patch_h) * (images.shape[-1] // patch_w)
+            if sampler.needs_noise(num_patches):
+                draw_noise_eagerly(sampler, images.shape[0], num_patches, images.device)
+
+
+def skip_as_compiled_frame(hook: Callable[..., None]) -> None:
+    """Make dynamo run ``hook`` as plain Python when it is called outside traced code.
+
+    The pre-hooks of the module given to ``torch.compile`` run outside the compiled graph, but
+    dynamo would still compile their own frame (no tensor work, guarded on the keep rate: one
+    frame per rate for nothing). Inside a compiled wrapper the hook is traced: a forward that
+    draws nothing has no graph break. A torch without this private API compiles the hook's frames.
+    """
+    eval_frame = torch._dynamo.eval_frame
+    try:  # skip the hook's frame and the frames it calls
+        skip = eval_frame.FrameExecStrategy(eval_frame.FrameAction.SKIP, eval_frame.FrameAction.SKIP)
+        eval_frame.set_code_exec_strategy(hook.__code__, skip)
+    except AttributeError:
+        pass
+
+
+def plan_noise_ahead(model: nn.Module, plan: list[tuple[PatchSampler, tuple[int, int], str]]) -> None:
+    """Make ``model`` draw the noise of ``plan``'s samplers before its forward (:func:`draw_noise_ahead`)."""
+    model.patch_noise_plan = plan
+    if draw_noise_ahead not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(draw_noise_ahead, with_kwargs=True)
+
+
+skip_as_compiled_frame(draw_noise_ahead)
+
+
 def check_full_grid(module: nn.Module, what: str, way_out: str) -> None:
     """ValueError if ``module`` drops patches although ``what`` folds its tokens back into the patch grid."""
     rate = min((s.active_keep_rate for s in patch_samplers(module)), default=1.0)
@@ -236,26 +314,73 @@ def check_full_grid(module: nn.Module, what: str, way_out: str) -> None:
                          f"at keep rate {rate}: {way_out}")
 
 
-def _forward_intermediates_checked(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The class's ``forward_intermediates``, refusing a grid (NCHW) output when patches are dropped."""
-    stock = type(module).forward_intermediates
-    call = inspect.signature(stock).bind(module, *args, **kwargs)
-    call.apply_defaults()
-    if call.arguments.get("output_fmt") == "NCHW":
-        check_full_grid(module, "forward_intermediates(output_fmt='NCHW')",
-                        "pass output_fmt='NLC' or use vitpss.keep_rate(model, 1.0)")
-    return stock(module, *args, **kwargs)
+class Patched:
+    """Base of the mixins that :func:`patch_class` puts in front of a module's own class.
+
+    The one way vitpss changes a method of a model: the module's class is swapped for a subclass
+    ``(Mixin, OwnClass)`` built once per pair (as ``torch.nn.utils.parametrize`` does), so the
+    instance holds no bound method or partial of itself. The model then pickles (``torch.save``,
+    ``mp.spawn``, ``ddp_spawn``) and deep-copies, and ``del model`` frees it without the cyclic
+    garbage collector. A user subclass keeps its own overrides below the mixin's.
+    """
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # the built class is not importable by name: pickle its mixins and own class instead
+        reduced = super().__reduce_ex__(protocol)
+        cls = type(self)
+        return (_new_patched, (cls._patch_mixins, cls._patch_base)) + tuple(reduced[2:])
 
 
-def guard_grid_intermediates(module: nn.Module) -> None:
-    """Make ``module.forward_intermediates`` raise ValueError for a grid output below keep rate 1.
+_PATCHED_CLASSES: dict[tuple[tuple[type, ...], type], type] = {}
+
+
+def patched_class(mixins: tuple[type, ...], base: type) -> type:
+    """The class ``(*mixins, base)`` that :func:`patch_class` gives a ``base`` instance (built once)."""
+    cls = _PATCHED_CLASSES.get((mixins, base))
+    if cls is None:
+        namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__,
+                     "_patch_mixins": mixins, "_patch_base": base}
+        cls = _PATCHED_CLASSES[mixins, base] = type(base.__name__, (*mixins, base), namespace)
+    return cls
+
+
+def _new_patched(mixins: tuple[type, ...], base: type) -> Any:
+    """Unpickling: an empty instance of the patched class; pickle then restores its ``__dict__``."""
+    return object.__new__(patched_class(mixins, base))
+
+
+def patch_class(module: nn.Module, mixin: type) -> None:
+    """Give ``module`` the methods of ``mixin`` (a :class:`Patched` subclass) in place; no-op if it has them."""
+    if isinstance(module, mixin):
+        return
+    cls = type(module)
+    mixins, base = cls.__dict__.get("_patch_mixins", ()), cls.__dict__.get("_patch_base", cls)
+    module.__class__ = patched_class((mixin, *mixins), base)
+
+
+class GuardGridIntermediates(Patched):
+    """``forward_intermediates`` that raises ValueError for a grid (NCHW) output below keep rate 1.
 
     timm-style ``forward_intermediates(output_fmt="NCHW")`` reshapes the patch tokens into the
     grid; with fewer tokens that fails or, when the numbers happen to divide, returns a tensor of
     the wrong shape. NLC output and keep rate 1 run the stock method unchanged.
     """
-    # a partial, not a bound method, so that the model still pickles
-    module.forward_intermediates = functools.partial(_forward_intermediates_checked, module)
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any) -> Any:
+        stock = super().forward_intermediates  # type: ignore[misc]
+        call = inspect.signature(stock).bind(*args, **kwargs)
+        call.apply_defaults()
+        if call.arguments.get("output_fmt") == "NCHW":
+            check_full_grid(self, "forward_intermediates(output_fmt='NCHW')",  # type: ignore[arg-type]
+                            "pass output_fmt='NLC' or use vitpss.keep_rate(model, 1.0)")
+        return stock(*args, **kwargs)
+
+
+def guard_grid_intermediates(module: nn.Module) -> None:
+    """Make ``module.forward_intermediates`` refuse a grid output below keep rate 1
+    (:class:`GuardGridIntermediates`); modules without the method are left alone."""
+    if callable(getattr(type(module), "forward_intermediates", None)):
+        patch_class(module, GuardGridIntermediates)
 
 
 __all__ = [

@@ -10,7 +10,8 @@ tower is left alone. No parameters or buffers are added and at a keep rate of 1 
 runs, so ``state_dict`` keys and outputs are those of the unmodified model.
 
 ``forward_intermediates(output_fmt="NCHW")`` folds the tokens back into the patch grid and
-raises :class:`ValueError` at a keep rate below 1 (``output_fmt="NLC"`` works at any rate).
+raises :class:`ValueError` at a keep rate below 1 (``output_fmt="NLC"`` works at any rate); towers
+without the method (open_clip 2.24-2.30) are left without it.
 
 This module never imports ``open_clip`` unless the user already has.
 """
@@ -23,7 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .core import PatchSampler, attach, guard_grid_intermediates, register_family
+from .core import PatchSampler, attach, guard_grid_intermediates, plan_noise_ahead, register_family
 
 FAMILY = ("open_clip VisionTransformer and timm towers (visual.trunk), or a whole CLIP / "
           "CustomTextCLIP / CoCa model (its visual tower)")
@@ -50,6 +51,8 @@ def _install(model: nn.Module, sampler: str, generator: Optional[torch.Generator
     # takes over open_clip's PatchDropout
     tower.patch_dropout = PatchSampler(sampler, 1, generator, num_patches=tower.grid_size[0] * tower.grid_size[1])
     guard_grid_intermediates(tower)
+    # drawn before the forward of what was attached, so that torch.compile(model) has no graph break
+    plan_noise_ahead(model, [(tower.patch_dropout, tuple(tower.patch_size), "x" if model is tower else "image")])
 
 
 register_family(FAMILY, lambda model: vision_tower(model) is not None, _install)

@@ -26,14 +26,13 @@ At a keep rate of 1 the stock code runs, so outputs are bit-identical to the unm
 
 from __future__ import annotations
 
-import types
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import guard_grid_intermediates, register_family
+from .core import Patched, guard_grid_intermediates, patch_class, register_family
 from .vit import install_timm_sampler, timm_patch_sampler
 
 
@@ -122,11 +121,13 @@ class _RelPosAttention(torch.autograd.Function):
         grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for c in _batch_chunks(q, k):
             qc, kc, vc, go = q[c], k[c], v[c], grad_out[c]
-            logits = torch.matmul(qc, kc.transpose(-2, -1)).float().mul_(scale)
+            # the logits and dP in float32, as the forward's fused kernel accumulates them: under AMP a
+            # bf16/fp16 product would round them before the softmax (inputs upcast exactly)
+            logits = torch.matmul(qc.float(), kc.float().transpose(-2, -1)).mul_(scale)
             logits += gather_rel_pos_bias(table, pair_index[c])
             probs = logits.softmax(dim=-1)
             del logits
-            grad_logits = torch.matmul(go, vc.transpose(-2, -1)).float().sub_(delta[c]).mul_(probs)
+            grad_logits = torch.matmul(go.float(), vc.float().transpose(-2, -1)).sub_(delta[c]).mul_(probs)
             grad_v = torch.matmul(probs.to(dtype).transpose(-2, -1), go)
             del probs
             if ctx.needs_input_grad[3]:
@@ -154,40 +155,40 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: 
     return _RelPosAttention.apply(q, k, v, table, pair_index, scale)
 
 
-def _beit_attention_forward(self: nn.Module, x: torch.Tensor,
-                            shared_rel_pos_bias: Optional[torch.Tensor | KeptPairs] = None,
-                            layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``timm.models.beit.Attention.forward`` that also accepts :class:`KeptPairs`.
+class SampledBeitAttention(Patched):
+    def forward(self, x: torch.Tensor, shared_rel_pos_bias: Optional[torch.Tensor | KeptPairs] = None,
+                layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``timm.models.beit.Attention.forward`` that also accepts :class:`KeptPairs`.
 
-    With a tensor or ``None`` the stock forward runs unchanged. ``layer_scale`` (the block's
-    ``gamma_1``) is applied by the output projection (:func:`_scaled_linear`), which then keeps
-    no copy of its output for backward.
-    """
-    if not isinstance(shared_rel_pos_bias, KeptPairs):
-        return type(self).forward(self, x, shared_rel_pos_bias)
-    table = shared_rel_pos_bias.shared_table
-    if self.relative_position_bias_table is not None:
-        own = self.relative_position_bias_table
-        table = own if table is None else table + own
+        With a tensor or ``None`` the stock forward runs unchanged. ``layer_scale`` (the block's
+        ``gamma_1``) is applied by the output projection (:func:`_scaled_linear`), which then keeps
+        no copy of its output for backward.
+        """
+        if not isinstance(shared_rel_pos_bias, KeptPairs):
+            return super().forward(x, shared_rel_pos_bias)  # type: ignore[misc]
+        table = shared_rel_pos_bias.shared_table
+        if self.relative_position_bias_table is not None:
+            own = self.relative_position_bias_table
+            table = own if table is None else table + own
 
-    B, N, C = x.shape
-    if self.q_bias is None:
-        qkv = self.qkv(x)
-    elif self.qkv_bias_separate:
-        qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-    else:
-        qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
-    q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    dropout_p = self.attn_drop.p if self.training else 0.0
-    if table is None:
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    elif dropout_p > 0:  # attention dropout needs the probabilities: the bias is materialised
-        bias = gather_rel_pos_bias(table, shared_rel_pos_bias.index).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    else:
-        x = rel_pos_attention(q, k, v, table, shared_rel_pos_bias.index, self.scale)
-    x = x.transpose(1, 2).reshape(B, N, -1)
-    return self.proj_drop(_scaled_linear(self.proj, x, layer_scale))
+        B, N, C = x.shape
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        elif self.qkv_bias_separate:
+            qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        else:
+            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        if table is None:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        elif dropout_p > 0:  # attention dropout needs the probabilities: the bias is materialised
+            bias = gather_rel_pos_bias(table, shared_rel_pos_bias.index).to(q.dtype)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+        else:
+            x = rel_pos_attention(q, k, v, table, shared_rel_pos_bias.index, self.scale)
+        x = x.transpose(1, 2).reshape(B, N, -1)
+        return self.proj_drop(_scaled_linear(self.proj, x, layer_scale))
 
 
 class _LayerScaledLinear(torch.autograd.Function):
@@ -226,19 +227,19 @@ def _scaled_linear(linear: nn.Linear, x: torch.Tensor, layer_scale: Optional[tor
     return _LayerScaledLinear.apply(x, linear.weight, linear.bias, layer_scale)
 
 
-def _beit_block_forward(self: nn.Module, x: torch.Tensor,
-                        shared_rel_pos_bias: Optional[torch.Tensor | KeptPairs] = None) -> torch.Tensor:
-    """``timm.models.beit.Block.forward`` with LayerScale folded into the attention and MLP outputs.
+class SampledBeitBlock(Patched):
+    def forward(self, x: torch.Tensor, shared_rel_pos_bias: Optional[torch.Tensor | KeptPairs] = None) -> torch.Tensor:
+        """``timm.models.beit.Block.forward`` with LayerScale folded into the attention and MLP outputs.
 
-    ``gamma * f(x)`` would save ``f(x)`` for the gradient of ``gamma``; :class:`_LayerScaledLinear`
-    saves only the input of ``f``'s last linear layer, which it keeps anyway. Stock forward unless
-    given KeptPairs.
-    """
-    if not isinstance(shared_rel_pos_bias, KeptPairs) or self.gamma_1 is None:
-        return type(self).forward(self, x, shared_rel_pos_bias=shared_rel_pos_bias)
-    x = x + self.drop_path1(self.attn(self.norm1(x), shared_rel_pos_bias=shared_rel_pos_bias,
-                                      layer_scale=self.gamma_1))
-    return x + self.drop_path2(_mlp_forward(self.mlp, self.norm2(x), self.gamma_2))
+        ``gamma * f(x)`` would save ``f(x)`` for the gradient of ``gamma``; :class:`_LayerScaledLinear`
+        saves only the input of ``f``'s last linear layer, which it keeps anyway. Stock forward unless
+        given KeptPairs.
+        """
+        if not isinstance(shared_rel_pos_bias, KeptPairs) or self.gamma_1 is None:
+            return super().forward(x, shared_rel_pos_bias=shared_rel_pos_bias)  # type: ignore[misc]
+        x = x + self.drop_path1(self.attn(self.norm1(x), shared_rel_pos_bias=shared_rel_pos_bias,
+                                          layer_scale=self.gamma_1))
+        return x + self.drop_path2(_mlp_forward(self.mlp, self.norm2(x), self.gamma_2))
 
 
 def _mlp_forward(mlp: nn.Module, x: torch.Tensor, layer_scale: torch.Tensor) -> torch.Tensor:
@@ -260,31 +261,38 @@ def _beit_relative_position_index(model: nn.Module) -> Optional[torch.Tensor]:
     return None
 
 
-def _beit_forward_features(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``Beit.forward_features`` with the patch sampler after the position embedding."""
-    x = self.patch_embed(x)
-    x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-    if self.pos_embed is not None:
-        x = x + self.pos_embed
-    x = self.pos_drop(x)
-    x, keep_indices = self.patch_drop(x)
+class SampledBeit(Patched):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``Beit.forward_features`` with the patch sampler after the position embedding.
 
-    relative_position_index = _beit_relative_position_index(self)
-    if keep_indices is None or relative_position_index is None:
-        rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
-    else:
-        index = kept_pair_index(relative_position_index, keep_indices, self.num_prefix_tokens)
-        shared = self.rel_pos_bias.relative_position_bias_table if self.rel_pos_bias is not None else None
-        rel_pos_bias = KeptPairs(index, shared)
+        At an active keep rate of 1 the stock method of the installed timm runs.
+        """
+        if self.patch_drop.active_keep_rate >= 1.0:
+            self.patch_drop.keep_indices = None
+            return super().forward_features(x)  # type: ignore[misc]
+        x = self.patch_embed(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        x = self.pos_drop(x)
+        x, keep_indices = self.patch_drop(x)
 
-    for block in self.blocks:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint
-
-            x = checkpoint(block, x, shared_rel_pos_bias=rel_pos_bias)
+        relative_position_index = _beit_relative_position_index(self)
+        if keep_indices is None or relative_position_index is None:
+            rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
         else:
-            x = block(x, shared_rel_pos_bias=rel_pos_bias)
-    return self.norm(x)
+            index = kept_pair_index(relative_position_index, keep_indices, self.num_prefix_tokens)
+            shared = self.rel_pos_bias.relative_position_bias_table if self.rel_pos_bias is not None else None
+            rel_pos_bias = KeptPairs(index, shared)
+
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                from timm.models._manipulate import checkpoint
+
+                x = checkpoint(block, x, shared_rel_pos_bias=rel_pos_bias)
+            else:
+                x = block(x, shared_rel_pos_bias=rel_pos_bias)
+        return self.norm(x)
 
 
 def _is_beit(model: nn.Module) -> bool:
@@ -296,10 +304,10 @@ def _is_beit(model: nn.Module) -> bool:
 def _install_beit(model: nn.Module, sampler: str, generator: Optional[torch.Generator]) -> None:
     # timm's Beit.forward_intermediates has no patch_drop slot: it runs all patches at any rate
     install_timm_sampler(model, timm_patch_sampler(model, sampler, generator, return_indices=True))
-    model.forward_features = types.MethodType(_beit_forward_features, model)
+    patch_class(model, SampledBeit)
     for block in model.blocks:
-        block.forward = types.MethodType(_beit_block_forward, block)
-        block.attn.forward = types.MethodType(_beit_attention_forward, block.attn)
+        patch_class(block, SampledBeitBlock)
+        patch_class(block.attn, SampledBeitAttention)
 
 
 def _is_eva(model: nn.Module) -> bool:

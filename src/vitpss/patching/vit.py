@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .core import PatchSampler, guard_grid_intermediates, register_family
+from .core import PatchSampler, draw_noise_eagerly, guard_grid_intermediates, register_family, skip_as_compiled_frame
 
 
 def timm_patch_sampler(model: nn.Module, sampler: str, generator: Optional[torch.Generator],
@@ -32,14 +32,23 @@ def _is_vision_transformer(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
-@torch.compiler.disable  # runs as plain Python: a traced draw from a generator would split the graph
 def draw_patch_noise(model: nn.Module, args: tuple) -> None:
-    """Forward pre-hook of a timm model with a sampler in ``patch_drop``: draw its noise for ``args[0]``."""
+    """Forward pre-hook of a timm model with a sampler in ``patch_drop``: draw its noise for ``args[0]``.
+
+    Only the draw itself is hidden from dynamo: when the model runs inside a compiled wrapper
+    (``torch.compile(Wrapper(model))``, a compiled LightningModule), the hook is traced, and a
+    forward that draws nothing (``magnitude``, keep rate 1, no generator) has no graph break.
+    """
     grid_size = getattr(model.patch_embed, "dynamic_feat_size", None)  # timm's patch and hybrid embeddings
     if grid_size is not None and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
-        images = args[0]
-        model.patch_drop.draw_noise(images.shape[0], math.prod(grid_size(tuple(images.shape[-2:]))), images.device)
+        images, sampler = args[0], model.patch_drop
+        num_patches = math.prod(grid_size(tuple(images.shape[-2:])))
+        if sampler.needs_noise(num_patches):
+            draw_noise_eagerly(sampler, images.shape[0], num_patches, images.device)
     # otherwise the sampler draws the noise in the forward
+
+
+skip_as_compiled_frame(draw_patch_noise)
 
 
 def install_timm_sampler(model: nn.Module, sampler: PatchSampler) -> None:
