@@ -144,7 +144,7 @@ def test_budget_picks_the_largest_grid_low_whose_compute_fraction_fits(params, b
 
 
 def test_budget_result_is_printed_as_flags_and_yaml_that_train_accepts(capsys):
-    plan = plan_json(capsys, "--no-measure", "--schedule", "fixed", "--budget", "0.5")
+    plan = plan_json(capsys, "--no-measure", "--schedule", "fixed", "--compute-budget", "0.5")
     assert plan["compute_fraction"] <= 0.5
     budget = plan["budget"]
     assert f"--low {budget['low']:g}" in budget["flags"] and "--schedule fixed" in budget["flags"]
@@ -153,7 +153,7 @@ def test_budget_result_is_printed_as_flags_and_yaml_that_train_accepts(capsys):
 
 
 def test_impossible_budget_is_a_one_line_error_naming_the_minimum_fraction(capsys):
-    assert main(["plan", *TINY, *RUN, "--no-measure", "--budget", "0.1"]) == 2
+    assert main(["plan", *TINY, *RUN, "--no-measure", "--compute-budget", "0.1"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "minimum compute fraction is 0." in err
@@ -161,8 +161,8 @@ def test_impossible_budget_is_a_one_line_error_naming_the_minimum_fraction(capsy
 
 @pytest.mark.parametrize("args,needle", [
     (["--model", "deit_tiny_patch16_22"], "did you mean 'deit_tiny_patch16_224'"),
-    (["--budget", "1.5"], "--budget"),
-    (["--schedule", "none", "--budget", "0.8"], "free keep rate"),
+    (["--compute-budget", "1.5"], "--compute-budget"),
+    (["--schedule", "none", "--compute-budget", "0.8"], "free keep rate"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, args, needle):
     assert main(["plan", *TINY, *RUN, "--no-measure", *args]) == 2
@@ -224,3 +224,22 @@ def test_plan_names_data_bound_rates_and_what_to_change(capsys, monkeypatch, tmp
 def test_plan_without_data_does_not_time_a_loader(capsys):
     plan = plan_json(capsys, "--repeats", "1", "--warmup", "0")
     assert plan["data"] is None and plan["time_fraction"] == plan["model_time_fraction"]
+
+
+def test_time_budget_explains_the_epochs_train_would_choose(capsys):
+    plan = plan_json(capsys, "--no-measure", "--schedule", "cosine", "--budget", "1")
+    budget = plan["budget"]
+    assert budget["kind"] == "time" and budget["reference_epochs"] == 3
+    assert budget["epochs"] > budget["reference_epochs"] and budget["predicted_fraction"] <= 1.0
+    assert plan["schedule"]["epochs"] == budget["epochs"] and budget["basis"] == "FLOPs (--no-measure)"
+
+
+def test_time_budget_of_all_patches_is_that_share_of_the_epochs(capsys):
+    budget = plan_json(capsys, "--no-measure", "--schedule", "none", "--epochs", "10", "--budget", "0.5")["budget"]
+    assert budget["epochs"] == 5 and budget["predicted_fraction"] == pytest.approx(0.5)
+
+
+def test_unreachable_time_budget_is_one_line(capsys):
+    assert main(["plan", *TINY, *RUN, "--no-measure", "--budget", "0.01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--budget" in err and "not reachable" in err and len(err.splitlines()) == 1

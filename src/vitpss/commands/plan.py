@@ -4,9 +4,12 @@ For each keep rate of the grid: tokens, FLOPs per image of a training step (forw
 :class:`~vitpss.flops.FlopModel`) and the step time measured in a short calibration on the chosen
 device (:func:`~vitpss.timing.time_training_steps`, rates interleaved, medians). For the schedule:
 the mean keep rate, the compute fraction (FLOPs of its steps over the same steps with all patches)
-and the predicted time fraction (the same ratio of measured step times). ``--budget F`` instead
-solves for the schedule's free parameter (``low``; the rate of ``fixed``) so that the compute
-fraction is the largest one on the grid that does not exceed ``F``.
+and the predicted time fraction (the same ratio of measured step times). ``--budget F`` explains
+what ``vitpss train --budget F`` will choose: the epochs whose predicted time is F times that of
+``--epochs`` at all patches (:func:`vitpss.budget.solve_epochs`, from the measured step times, or
+from FLOPs with ``--no-measure``). ``--compute-budget F`` instead solves for the schedule's free
+parameter (``low``; the rate of ``fixed``) so that the compute fraction is the largest one on the
+grid that does not exceed ``F``.
 
 With ``--data`` (or a config that names its data) the training data pipeline is timed too: the
 loader ``vitpss train`` would build (same dataset, transforms, workers, batch size;
@@ -30,7 +33,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..budget import LoaderSpeed, measure_loader
+from ..budget import LoaderSpeed, measure_loader, scaled_schedule, solve_epochs
 from ..config import TrainConfig, from_dict, load_config, schedule_from_config, validate
 from ..data import build_datasets, build_loader, data_kind
 from ..errors import UsageError
@@ -38,6 +41,7 @@ from ..flops import FlopModel
 from ..models import build_model, resolve_model_config
 from .. import patching
 from .common import add_field_arguments
+from ..resolution import equivalent_keep_rates
 from ..runtime import amp_settings, resolve_device
 from ..samplers import keep_count
 from ..schedules import KeepRateSchedule
@@ -53,7 +57,7 @@ PLAN_FIELDS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_hea
                "num_classes", "sampler", "batch_size", "device", "amp", "schedule", "low", "high", "quantum",
                "cooldown_epochs", "period_steps", "epochs", "threads", "data", "synthetic_size", "augment", "hflip",
                "workers", "on_bad_image", "seed", "data_root", "in_memory", "train_subset", "train_split",
-               "val_split", "image_column", "label_column", "decode")
+               "val_split", "image_column", "label_column", "decode", "tokens")
 SCHEDULE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps")
 #: A rate is data-bound when more than this share of its step would be spent waiting for data.
 DATA_WAIT_LIMIT = 0.10
@@ -184,9 +188,9 @@ def solve_budget(schedule: KeepRateSchedule, flop_model: FlopModel, budget: floa
     finds it. Raises UsageError when even the lowest grid value exceeds the budget.
     """
     if not 0 < budget <= 1:
-        raise UsageError(f"--budget={budget!r} is out of range: it must be in (0, 1]")
+        raise UsageError(f"--compute-budget={budget!r} is out of range: it must be in (0, 1]")
     if schedule.name == "none":
-        raise UsageError("--budget needs a schedule with a free keep rate: use fixed, linear, cosine or cyclic")
+        raise UsageError("--compute-budget needs a schedule with a free keep rate: use fixed, linear, cosine or cyclic")
     candidates = budget_candidates(schedule, flop_model.num_patches)
     if len(candidates) == 0:
         raise UsageError(f"--high={schedule.high} is below the grid's lowest rate {schedule.quantum}: "
@@ -197,7 +201,7 @@ def solve_budget(schedule: KeepRateSchedule, flop_model: FlopModel, budget: floa
 
     lowest = fraction(0)
     if lowest > budget:
-        raise UsageError(f"--budget={budget:g} is not reachable with this {schedule.name} schedule: the minimum "
+        raise UsageError(f"--compute-budget={budget:g} is not reachable with this {schedule.name} schedule: the minimum "
                          f"compute fraction is {lowest:.4f} (--low {candidates[0]:g}); raise the budget, lower "
                          f"--high or --quantum, or shorten --cooldown-epochs")
     lo, hi = 0, len(candidates) - 1
@@ -222,6 +226,38 @@ def as_flags(settings: dict[str, Any]) -> str:
                     for k, v in settings.items())
 
 
+def fit_time_budget(cfg: TrainConfig, schedule: KeepRateSchedule, fraction: float, flop_model: FlopModel,
+                    times: Optional[StepTimes], loader: Optional[LoaderSpeed]) -> tuple[KeepRateSchedule, dict[str, Any]]:
+    """``schedule`` over the epochs ``vitpss train --budget fraction`` would choose, and the choice as a dict.
+
+    Step cost per rate: the measured step (bounded by the loader when timed), or FLOPs without
+    measurements; a ``--tokens resize`` rate is costed as the sampled rate with the same tokens.
+    """
+    grid = model_grid(flop_model)
+
+    def cost(rate: float) -> float:
+        if cfg.tokens == "resize":
+            rate = float(equivalent_keep_rates([rate], grid)[0])
+        if times is None:
+            return flop_model.flops(rate)
+        return loader.step_time(times.at_rate(rate)) if loader is not None else times.at_rate(rate)
+
+    try:
+        choice = solve_epochs(schedule, cost, fraction)
+    except ValueError as err:
+        raise UsageError(f"--budget: {err}") from None
+    basis = ("measured step times and data loader" if loader is not None else "measured step times") if times \
+        else "FLOPs (--no-measure)"
+    return (scaled_schedule(schedule, choice.epochs, schedule.epochs),
+            {"kind": "time", **choice.to_dict(), "basis": basis})
+
+
+def model_grid(flop_model: FlopModel) -> tuple[int, int]:
+    """The (square) patch grid of the plan's model."""
+    side = math.isqrt(flop_model.num_patches)
+    return side, flop_model.num_patches // max(side, 1)
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -230,13 +266,16 @@ def build_plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSched
 
 
 def make_plan(cfg: TrainConfig, *, steps_per_epoch: Optional[int] = None, budget: Optional[float] = None,
-              measure: bool = True, baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1,
+              time_budget: Optional[float] = None, measure: bool = True, baseline_hours: Optional[float] = None, repeats: int = 3, warmup: int = 1,
               measure_data: bool = False, data_batches: int = 10) -> dict[str, Any]:
     """The plan of ``cfg``'s schedule over ``epochs x steps_per_epoch`` steps, as a JSON-ready dict.
 
     ``steps_per_epoch`` None: counted from ``cfg``'s training data as ``vitpss train`` counts it
     (batches of ``batch_size`` per epoch over ``accum_steps``). ``measure_data`` (with ``measure``)
     also times ``cfg``'s training data pipeline (:func:`measure_loader`) and bounds each step by it.
+    ``budget`` is the compute budget (solves ``low``), ``time_budget`` the time budget of
+    ``vitpss train --budget`` (solves the epochs; ``--tokens resize`` steps are costed as sampled
+    steps with the same token count).
     """
     device = resolve_device(cfg.device)
     amp_dtype, _ = amp_settings(cfg.amp, device)
@@ -257,7 +296,7 @@ def make_plan(cfg: TrainConfig, *, steps_per_epoch: Optional[int] = None, budget
     if budget is not None:
         schedule = solve_budget(schedule, flop_model, budget)
         settings = schedule_settings(schedule)
-        budget_info = {"target": budget, "low": schedule.low, "flags": as_flags(settings),
+        budget_info = {"kind": "compute", "target": budget, "low": schedule.low, "flags": as_flags(settings),
                        "yaml": yaml.safe_dump(settings, sort_keys=False)}
     rates = schedule.rates()
     rows = table_rates(schedule.quantum)
@@ -267,9 +306,14 @@ def make_plan(cfg: TrainConfig, *, steps_per_epoch: Optional[int] = None, budget
         counts = calibration_counts(n, rows, rates)
         times = measure_step_times(model, counts, batch_size=cfg.batch_size, repeats=repeats, warmup=warmup,
                                    amp_dtype=amp_dtype)
-    model_time_fraction = times.time_fraction(rates) if times else None
-    time_fraction = times.time_fraction(rates, loader) if times else None
-    compute_fraction = flop_model.compute_fraction(rates)
+    if time_budget is not None:
+        schedule, budget_info = fit_time_budget(cfg, schedule, time_budget, flop_model, times, loader)
+        rates = schedule.rates()
+    # --tokens resize: each rate costs what the smaller image's token count costs when sampled
+    cost_rates = equivalent_keep_rates(rates, model_grid(flop_model)) if cfg.tokens == "resize" else rates
+    model_time_fraction = times.time_fraction(cost_rates) if times else None
+    time_fraction = times.time_fraction(cost_rates, loader) if times else None
+    compute_fraction = flop_model.compute_fraction(cost_rates)
     levels = [{"keep_rate": r, "tokens": flop_model.num_prefix_tokens + keep_count(r, n),
                "gflops_per_image": flop_model.flops(r) / 1e9,
                "step_time_s": times.at_rate(r) if times else None, "share": share}
@@ -346,10 +390,16 @@ def format_plan(plan: dict[str, Any]) -> str:
     if plan["predicted_hours"] is not None:
         lines.append(f"predicted hours   {plan['predicted_hours']:.2f} of {plan['baseline_hours']:g} "
                      f"(from the {plan['predicted_hours_from'].replace('_', ' ')})")
-    if plan["budget"]:
-        b = plan["budget"]
-        lines += ["", f"budget {b['target']:g}: low = {b['low']:g}", f"  flags: {b['flags']}", "  yaml:"]
+    b = plan["budget"]
+    if b and b["kind"] == "compute":
+        lines += ["", f"compute budget {b['target']:g}: low = {b['low']:g}", f"  flags: {b['flags']}", "  yaml:"]
         lines += ["    " + line for line in b["yaml"].splitlines()]
+    elif b:
+        cooldown = f", cooldown {b['cooldown_epochs']}" if b["cooldown_epochs"] else ""
+        lines += ["", f"budget {b['fraction']:g} x the training time of {b['reference_epochs']} epochs at all patches: "
+                  f"{b['epochs']} epochs{cooldown}, predicted {b['predicted_fraction']:.3f} (from {b['basis']}); "
+                  f"vitpss train --epochs {b['reference_epochs']} --budget {b['fraction']:g} chooses the same way from "
+                  f"its own calibration"]
     return "\n".join(lines)
 
 
@@ -365,8 +415,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="training steps per epoch (default: counted from the data and --batch-size for one process, as vitpss "
                         "train would)")
-    p.add_argument("--budget", type=float, help="solve for --low so that the compute fraction is at most this "
-                   "(default: no budget)")
+    p.add_argument("--budget", type=float, help="what vitpss train --budget chooses: epochs whose predicted "
+                   "time is this fraction of --epochs at all patches (default: no budget)")
+    p.add_argument("--compute-budget", type=float, help="solve for --low so that the compute fraction is at most "
+                   "this (default: no budget)")
     p.add_argument("--baseline-hours", type=float, help="hours of the same run with all patches (default: none)")
     p.add_argument("--no-measure", action="store_true", help="skip the step-time calibration (FLOPs only)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per keep rate, median (default: 3)")
@@ -385,15 +437,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps-per-epoch={args.steps_per_epoch} is out of range: it must be >= 1")
     if args.repeats < 1 or args.warmup < 0 or args.data_batches < 1:
         raise UsageError("--repeats and --data-batches must be >= 1 and --warmup >= 0")
-    if args.budget is not None and not 0 < args.budget <= 1:
-        raise UsageError(f"--budget={args.budget!r} is out of range: it must be in (0, 1]")
+    if args.compute_budget is not None and not 0 < args.compute_budget <= 1:
+        raise UsageError(f"--compute-budget={args.compute_budget!r} is out of range: it must be in (0, 1]")
+    if args.budget is not None and not 0 < args.budget <= 10:
+        raise UsageError(f"--budget={args.budget!r} is out of range: it must be in (0, 10]")
     if args.baseline_hours is not None and args.baseline_hours <= 0:
         raise UsageError(f"--baseline-hours={args.baseline_hours} is out of range: it must be > 0")
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        plan = make_plan(cfg, steps_per_epoch=args.steps_per_epoch, budget=args.budget, measure=not args.no_measure,
+        plan = make_plan(cfg, steps_per_epoch=args.steps_per_epoch, budget=args.compute_budget,
+                         time_budget=args.budget, measure=not args.no_measure,
                          baseline_hours=args.baseline_hours, repeats=args.repeats, warmup=args.warmup,
                          measure_data="data" in given or cfg.data != TrainConfig().data,
                          data_batches=args.data_batches)

@@ -35,7 +35,7 @@ from .common import add_config_arguments
 #: Settings of a training config that have no meaning when pre-training (reported if given, then reset).
 CLASSIFICATION_ONLY = ("pretrained", "layer_decay", "schedule", "low", "high", "quantum", "cooldown_epochs",
                        "period_steps", "sampler", "mixup", "cutmix", "label_smoothing", "ema_decay", "num_classes",
-                       "global_pool")
+                       "global_pool", "tokens", "budget", "budget_epochs")
 MASK_KEYS = ("mask_ratio", "mask_patch_size")
 
 
