@@ -62,7 +62,13 @@ def test_the_cli_exits_2_for_an_explicit_cuda_index_under_torchrun(torchrun, tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_a_single_process_may_name_its_gpu(monkeypatch):
+def test_a_single_process_may_name_its_gpu_and_it_becomes_the_current_device(monkeypatch):
+    current = []
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert runtime.setup_distributed("cuda:1")[1] == torch.device("cuda:1")
+    assert current == [torch.device("cuda:1")]  # events and the prefetcher's stream then live on cuda:1
+    current.clear()
+    runtime.setup_distributed("cpu")
+    assert current == []

@@ -52,7 +52,12 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Join the torchrun process group from the environment (gloo on CPU, nccl on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(), resolve_device(device_name)
+        device = resolve_device(device_name)
+        if device.type == "cuda" and device.index is not None:
+            # --device cuda:N: make N the current device, so CUDA events, streams and queries that
+            # take no device (step timing, the prefetcher's side stream) use it rather than cuda:0
+            torch.cuda.set_device(device)
+        return Dist(), device
     if device_name.startswith("cuda:"):  # every rank would use that one GPU
         raise UsageError(f"--device {device_name} under torchrun (WORLD_SIZE={world}) would put every process on "
                          f"one device: use --device cuda (each process takes the GPU of its LOCAL_RANK)")
