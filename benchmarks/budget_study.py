@@ -252,8 +252,38 @@ def report(args: argparse.Namespace) -> None:
                             "cells": [c for c in t["cells"].values()]} for n, t in tables.items()},
            "regret": {f"{b:g}": reg[b] for b in budgets}, "choice": {f"{b:g}": c for b, c in choice.items()}}
     (RESULTS / "budget_report.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / "budget_report.md").write_text(markdown(tables, budgets, methods, reg, choice))
     figures(tables, budgets, methods, Path(args.figure))
     print(f"\nwrote {RESULTS / 'budget_report.json'} and {args.figure}")
+
+
+def markdown(tables: dict[str, dict], budgets: list[float], methods: list[str], reg: dict, choice: dict) -> str:
+    """The report as Markdown tables (docs/benchmarks.md quotes them)."""
+    out = []
+    for name, t in tables.items():
+        gain = "-" if t["gain_from_0.7E"] is None else f"{t['gain_from_0.7E']:+.2f}"
+        out += [f"**{name}** (E = {SETTINGS[name][0]}; all patches for E epochs: {t['reference_acc1']:.2f}%, "
+                f"{t['reference_seeds']} seeds, {t['reference_cpu_s']:.0f} s training CPU; gain from 0.7 E to E: "
+                f"{gain} pt, over the last fifth of E: {t['gain_last_fifth']:+.2f} pt)", "",
+                "| budget | method | seeds | acc1 | vs E epochs | epochs | CPU / E epochs | predicted |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for (m, b), c in sorted(t["cells"].items(), key=lambda kv: (kv[0][1], methods.index(kv[0][0]))):
+            out.append(f"| {b:g} | {m} | {c['seeds']} | {c['acc1']:.2f} ± {c['acc1_std']:.2f} | "
+                       f"{c['vs_reference']:+.2f} | {c['epochs']:.0f} | {c['cpu_ratio']:.2f} | {c['predicted']:.2f} |")
+        out.append("")
+    out += ["| budget | " + " | ".join(methods) + " | smallest worst-case regret |",
+            "|---:|" + "---:|" * len(methods) + "---|"]
+    for b in budgets:
+        full = [s for s in tables if all(s in reg[b].get(m, {}) for m in methods)]
+        if not full:
+            continue
+        cells = []
+        for m in methods:
+            worst = max(reg[b][m][s] for s in full)
+            where = max(full, key=lambda s: reg[b][m][s])
+            cells.append(f"{worst:.2f} ({where})" if worst > 0 else "0.00")
+        out.append(f"| {b:g} | " + " | ".join(cells) + f" | **{choice[b]}** |")
+    return "\n".join(out) + "\n"
 
 
 def figures(tables: dict[str, dict], budgets: list[float], methods: list[str], path: Path) -> None:

@@ -70,8 +70,8 @@ def test_timm_older_than_the_floor_stops_with_one_line(tmp_path, monkeypatch, ca
     monkeypatch.setattr(timm, "__version__", "0.9.16")
     assert gpu_run.main(["--smoke", "--out", str(tmp_path)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and "timm 0.9.16 is older than the project's floor 1.0.9" in lines[0]
-    assert json.loads((tmp_path / "environment.json").read_text())["floors"]["timm"] == "1.0.9"
+    assert len(lines) == 1 and "timm 0.9.16 is older than the project's floor 1.0.18" in lines[0]
+    assert json.loads((tmp_path / "environment.json").read_text())["floors"]["timm"] == "1.0.18"
 
 
 def test_without_cuda_and_without_smoke_it_stops_with_one_line(tmp_path, monkeypatch, capsys):
@@ -106,4 +106,4 @@ def test_version_floor_comparison_reads_release_numbers():
     gpu_run = load_gpu_run()
     assert gpu_run.version_tuple("2.11.0+cu130") == (2, 11, 0)
     assert gpu_run.version_tuple("1.0.9") < gpu_run.version_tuple("1.0.10")
-    assert gpu_run.floor_version("timm") == "1.0.9" and gpu_run.floor_version("torch") == "2.7"
+    assert gpu_run.floor_version("timm") == "1.0.18" and gpu_run.floor_version("torch") == "2.7"
