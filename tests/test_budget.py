@@ -74,9 +74,9 @@ def test_train_with_budget_records_its_choice_and_resumes_without_solving_again(
 
 def test_budget_run_equals_the_plain_run_of_the_chosen_epochs(tmp_path):
     budget, plain = tmp_path / "budget", tmp_path / "plain"
-    assert main(tiny_run(budget, "--budget", "0.6", "--seed", "2", epochs=3)) == 0
+    assert main(tiny_run(budget, "--budget", "0.6", "--schedule", "cosine", "--seed", "2", epochs=3)) == 0
     epochs = yaml.safe_load((budget / "config.yaml").read_text())["epochs"]
-    assert main(tiny_run(plain, "--seed", "2", epochs=epochs)) == 0
+    assert main(tiny_run(plain, "--schedule", "cosine", "--seed", "2", epochs=epochs)) == 0
     # measuring the step costs restored the weights and every random state
     assert [r["loss"] for r in read_jsonl(budget / "train_log.jsonl")] == \
         [r["loss"] for r in read_jsonl(plain / "train_log.jsonl")]
@@ -86,3 +86,18 @@ def test_unreachable_budget_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(tiny_run(tmp_path / "run", "--budget", "0.01", epochs=2)) == 2
     err = capsys.readouterr().err.strip()
     assert "--budget" in err and "not reachable" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("budget,tokens,schedule", [("0.5", "resize", "cosine"), ("0.7", "sample", "fixed"),
+                                                   ("1", "sample", "cosine")])
+def test_a_budget_without_a_recipe_takes_the_studys_choice_for_it(tmp_path, capsys, budget, tokens, schedule):
+    assert main(tiny_run(tmp_path / "run", "--budget", budget, "--max-steps", "1")) == 0
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (config["tokens"], config["schedule"]) == (tokens, schedule)
+    assert "the budget study's choice" in capsys.readouterr().out
+
+
+def test_a_named_recipe_flag_keeps_the_users_recipe(tmp_path):
+    assert main(tiny_run(tmp_path / "run", "--budget", "0.5", "--schedule", "linear", "--max-steps", "1")) == 0
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (config["tokens"], config["schedule"]) == ("sample", "linear")

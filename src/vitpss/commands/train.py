@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any, Optional
 
-from ..config import DEFAULT_MODEL, TrainConfig, field_names, from_dict, load_config, validate
+from ..config import (DEFAULT_MODEL, RECIPE_FIELDS, TrainConfig, budget_recipe, field_names, from_dict, load_config,
+                      validate)
 from ..errors import UsageError
 from .common import add_checkpoint_options, add_common_options, add_config_arguments, check_common_options, parse_rate
 
@@ -22,7 +23,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Optional[di
         cfg, ckpt, _ = resume_config(given["resume"], given)
         return cfg, ckpt
     base = load_config(args.config) if hasattr(args, "config") else TrainConfig()
-    return validate(from_dict(given, base=base, source="command line")), None
+    cfg = validate(from_dict(given, base=base, source="command line"))
+    if cfg.budget is not None and cfg.budget_epochs is None and not hasattr(args, "config") \
+            and not any(name in given for name in RECIPE_FIELDS):
+        name, recipe = budget_recipe(cfg.budget, cfg.epochs)
+        cfg = validate(from_dict(recipe, base=cfg, source="budget recipe"))
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items())
+        print(f"budget {cfg.budget:g}: the {name} recipe ({flags}), the budget study's choice for this budget "
+              f"(docs/budget.md); name any recipe flag to choose your own", flush=True)
+    return cfg, None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
