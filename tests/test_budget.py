@@ -88,8 +88,8 @@ def test_unreachable_budget_is_one_line_and_exit_2(tmp_path, capsys):
     assert "--budget" in err and "not reachable" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("budget,tokens,schedule", [("0.5", "resize", "cosine"), ("0.7", "sample", "fixed"),
-                                                   ("1", "sample", "cosine")])
+@pytest.mark.parametrize("budget,tokens,schedule", [("0.5", "resize", "cosine"), ("0.7", "sample", "cosine"),
+                                                   ("1", "resize", "cosine")])
 def test_a_budget_without_a_recipe_takes_the_studys_choice_for_it(tmp_path, capsys, budget, tokens, schedule):
     assert main(tiny_run(tmp_path / "run", "--budget", budget, "--max-steps", "1")) == 0
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

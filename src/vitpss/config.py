@@ -337,17 +337,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 #: better model"); the study's budgets were 0.5, 0.7 and 1, the bounds lie half-way between them.
 BUDGET_RECIPES: tuple[tuple[float, str, dict[str, Any]], ...] = (
     (0.6, "resize", {"schedule": "cosine", "low": 0.2, "tokens": "resize"}),
-    (0.85, "flip", {"schedule": "fixed", "low": 0.5, "sampler": "random", "tokens": "sample",
-                    "cooldown_epochs": "10%"}),
-    (math.inf, "pss", {"schedule": "cosine", "low": 0.2, "sampler": "random", "tokens": "sample"}),
+    (0.85, "pss", {"schedule": "cosine", "low": 0.2, "sampler": "random", "tokens": "sample"}),
+    (math.inf, "resize", {"schedule": "cosine", "low": 0.2, "tokens": "resize"}),
 )
 RECIPE_FIELDS = ("schedule", "low", "high", "quantum", "cooldown_epochs", "period_steps", "sampler", "tokens")
 
 
 def budget_recipe(fraction: float, epochs: int) -> tuple[str, dict[str, Any]]:
-    """``(method name, settings)`` that :data:`BUDGET_RECIPES` gives a budget ``fraction`` of ``epochs`` epochs."""
+    """``(method name, settings)`` that :data:`BUDGET_RECIPES` gives a budget ``fraction`` (of ``epochs`` epochs)."""
     name, settings = next((n, r) for bound, n, r in BUDGET_RECIPES if fraction <= bound)
-    return name, {k: (max(1, round(0.1 * epochs)) if v == "10%" else v) for k, v in settings.items()}
+    return name, dict(settings)
 
 
 def schedule_from_config(cfg: TrainConfig, steps_per_epoch: int) -> KeepRateSchedule:
