@@ -138,14 +138,21 @@ def solve_epochs(schedule: KeepRateSchedule, step_time: Callable[[float], float]
                         predicted_fraction=seconds / (E * steps * full), step_time_s={r: step_time(r) for r in rates})
 
 
+def grid_rates(quantum: float) -> list[float]:
+    """Every keep rate a schedule with this ``quantum`` can produce (multiples of it, and 1); [] for 0."""
+    if quantum <= 0:
+        return []
+    steps = math.ceil(1.0 / quantum - 1e-9)
+    return sorted({round(min(k * quantum, 1.0), 10) for k in range(1, steps + 1)} | {1.0})
+
+
 def rates_to_measure(schedule: KeepRateSchedule) -> list[float]:
-    """Keep rates a scaled ``schedule`` can take (its grid when quantised, else its own rates), and 1."""
+    """Keep rates a scaled ``schedule`` can take (its grid from its lowest rate up, when quantised;
+    else its own rates), and 1."""
+    rates = {float(r) for r in np.unique(schedule.rates())} | {1.0}
     if schedule.quantum > 0 and schedule.name != "none":
-        step = schedule.quantum
-        grid = {round(min(k * step, 1.0), 10) for k in range(1, math.ceil(1.0 / step - 1e-9) + 1)}
-        lo = min(float(np.min(schedule.rates())), 1.0)
-        return sorted(r for r in grid | {1.0} if r >= lo - 1e-9)
-    return sorted({float(r) for r in np.unique(schedule.rates())} | {1.0})
+        rates |= {r for r in grid_rates(schedule.quantum) if r >= min(rates) - 1e-9}
+    return sorted(rates)
 
 
 def interpolated(times: Mapping[float, float]) -> Callable[[float], float]:

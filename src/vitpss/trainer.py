@@ -271,14 +271,14 @@ class Trainer:
             for micro in range(accum):
                 wait = time.perf_counter()
                 x, y = next(batches)
-                if self.resize:  # --tokens resize: the keep rate as a smaller image
-                    x = resize_to_rate(x, rate, self.patch_size)
                 waited = time.perf_counter() - wait
                 data_time += waited
                 if start is None:
                     start = self.timer.mark()
                 else:
                     late_data_time += waited
+                if self.resize:  # --tokens resize: the keep rate as a smaller image (part of the step's time)
+                    x = resize_to_rate(x, rate, self.patch_size)
                 with self.gradient_sync(micro == accum - 1):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         loss = self.task.loss(self.net, x, y)
@@ -357,15 +357,16 @@ class Trainer:
         cfg = self.cfg
         choice: list[Optional[dict[str, Any]]] = [None]
         if self.d.main:
-            saved = (copy.deepcopy(self.model.state_dict()), self.generator.get_state(), torch.get_rng_state())
-            try:
-                times = time_training_steps(self.model, rates_to_measure(self.schedule), batch_size=cfg.batch_size,
-                                            repeats=5, warmup=1, amp_dtype=self.amp_dtype, tokens=cfg.tokens)
-                loader = measure_loader(train_ds, cfg, self.device, batches=5)
+            weights, generator = copy.deepcopy(self.model.state_dict()), self.generator.get_state()
+            cuda = [self.device] if self.device.type == "cuda" else []
+            try:  # fork_rng: the global CPU (and this GPU's) random state comes back as it was
+                with torch.random.fork_rng(devices=cuda):
+                    times = time_training_steps(self.model, rates_to_measure(self.schedule), batch_size=cfg.batch_size,
+                                                repeats=5, warmup=1, amp_dtype=self.amp_dtype, tokens=cfg.tokens)
+                    loader = measure_loader(train_ds, cfg, self.device, batches=5)
             finally:
-                self.model.load_state_dict(saved[0])
-                self.generator.set_state(saved[1])
-                torch.set_rng_state(saved[2])
+                self.model.load_state_dict(weights)
+                self.generator.set_state(generator)
                 self.model.zero_grad(set_to_none=True)
             model_time = interpolated(times)
             try:

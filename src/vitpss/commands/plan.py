@@ -33,7 +33,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..budget import LoaderSpeed, measure_loader, scaled_schedule, solve_epochs
+from ..budget import LoaderSpeed, grid_rates, measure_loader, scaled_schedule, solve_epochs
 from ..config import TrainConfig, from_dict, load_config, schedule_from_config, validate
 from ..data import build_datasets, build_loader, data_kind
 from ..errors import UsageError
@@ -64,14 +64,6 @@ DATA_WAIT_LIMIT = 0.10
 
 
 # --------------------------------------------------------------------------- grid and shares
-
-
-def grid_rates(quantum: float) -> list[float]:
-    """Every keep rate a schedule with this ``quantum`` can produce (multiples of it, and 1); [] for 0."""
-    if quantum <= 0:
-        return []
-    steps = math.ceil(1.0 / quantum - 1e-9)
-    return sorted({round(min(k * quantum, 1.0), 10) for k in range(1, steps + 1)} | {1.0})
 
 
 def table_rates(quantum: float) -> list[float]:
